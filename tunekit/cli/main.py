@@ -1,0 +1,65 @@
+"""The `tunekit` command. Each command group lives in its own module; this file wires them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import typer
+
+from rich.markup import escape
+
+from tunekit.console import console
+from tunekit.errors import TunekitError
+
+app = typer.Typer(
+    name="tunekit",
+    help="Fine-tune, evaluate, export and serve language models you own. One recipe drives every stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (download bars, deprecation notes) out of the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("transformers", "peft", "trl", "accelerate", "datasets", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _register() -> None:
+    # (module, how it attaches): a typer sub-app becomes a group, otherwise its commands are top level.
+    from tunekit.cli import data, eval as eval_cmd, export, run, serve, train
+
+    COMMANDS = [run, train, eval_cmd, export, serve]
+    for module in COMMANDS:
+        module.register(app)
+    app.add_typer(data.app, name="data", help="Prepare and audit training data.")
+
+
+def main() -> None:
+    _quiet_libraries()
+    _register()
+    try:
+        app()
+    except TunekitError as exc:
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

