@@ -32,6 +32,10 @@ def _quiet_libraries() -> None:
     for name in ("transformers", "peft", "trl", "accelerate", "datasets", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

@@ -83,28 +83,46 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> Path:
     return path
 
 
-def resolve_model(name: str, *, allow_pickle: bool = False) -> str:
-    """Return something `from_pretrained` accepts: a local directory or a hub id."""
+def check_model_reference(name: str, *, allow_pickle: bool = False) -> str:
+    """Classify `base_model` without loading weights: 'embedded', 'gguf', 'local' or 'hub'.
+
+    Raises ModelError for references that cannot work (missing package, file or config).
+    """
     if name in EMBEDDED_MODELS:
-        target = tunekit_home() / "models" / name
-        if not (target / "config.json").is_file():
-            _convert_gguf(_embedded_gguf(name), target)
-        return str(target)
+        _embedded_gguf(name)
+        return "embedded"
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"base_model: GGUF file not found: {path}")
-        target = tunekit_home() / "models" / f"{path.stem}-{path.stat().st_size}"
-        if not (target / "config.json").is_file():
-            _convert_gguf(path.resolve(), target)
-        return str(target)
+        return "gguf"
     if path.is_dir():
-        return str(_check_local_dir(path, allow_pickle))
+        _check_local_dir(path, allow_pickle)
+        return "local"
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(
             f"base_model '{name}' is not a model directory, a .gguf file or a hub id",
             hint=f"use '{next(iter(EMBEDDED_MODELS))}', a local directory with config.json, or an id like 'org/model'",
         )
+    return "hub"
+
+
+def resolve_model(name: str, *, allow_pickle: bool = False) -> str:
+    """Return something `from_pretrained` accepts: a local directory or a hub id."""
+    kind = check_model_reference(name, allow_pickle=allow_pickle)
+    if kind == "embedded":
+        target = tunekit_home() / "models" / name
+        if not (target / "config.json").is_file():
+            _convert_gguf(_embedded_gguf(name), target)
+        return str(target)
+    if kind == "gguf":
+        path = Path(name).expanduser()
+        target = tunekit_home() / "models" / f"{path.stem}-{path.stat().st_size}"
+        if not (target / "config.json").is_file():
+            _convert_gguf(path.resolve(), target)
+        return str(target)
+    if kind == "local":
+        return str(Path(name).expanduser())
     return name  # a hub id: transformers resolves (and, on a machine with network, downloads) it
 
 

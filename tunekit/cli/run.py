@@ -1,0 +1,57 @@
+"""`tunekit run` (every stage) and `tunekit validate` (check a recipe without running it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tunekit.cli.common import RecipeArg, SetOpt
+from tunekit.config import load_recipe
+from tunekit.console import console
+
+
+def run(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory of the same name.")] = False,
+    stages: Annotated[
+        Optional[str], typer.Option(help="Comma-separated subset of prepare,train,eval,export (default: all).")
+    ] = None,
+) -> None:
+    """Run the whole pipeline: prepare → train → eval → export."""
+    from tunekit.errors import TunekitError
+    from tunekit.pipeline import STAGES, run_pipeline
+    from tunekit.runs import RunPaths
+
+    chosen = tuple(s.strip() for s in stages.split(",")) if stages else STAGES
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise TunekitError(f"--stages: unknown stage(s) {', '.join(unknown)}", hint=f"choose from {', '.join(STAGES)}")
+    cfg = load_recipe(recipe, set_ or [])
+    run_paths = RunPaths(cfg.run_dir)
+    results = run_pipeline(cfg, run_paths, stages=chosen, overwrite=overwrite)
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings_s"].items())
+    console.rule("[bold green]done")
+    console.print(f"run directory: {run_paths.root}\ntimings: {timings}")
+
+
+def validate(
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file to check.", show_default=False)],
+    set_: SetOpt = None,
+) -> None:
+    """Check a recipe (keys, values, files, base model) without loading any weights."""
+    from tunekit.models.loading import check_model_reference
+
+    cfg = load_recipe(recipe, set_ or [])
+    check_model_reference(cfg.base_model, allow_pickle=cfg.allow_pickle)
+    console.print(
+        f"[green]ok[/] {recipe}: base model {cfg.base_model}, {cfg.train.method}/{cfg.train.adapter}, "
+        f"run directory {cfg.run_dir}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("validate")(validate)

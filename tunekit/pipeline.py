@@ -1,0 +1,61 @@
+"""`tunekit run`: every stage in order, on one recipe, into one run directory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from tunekit.config import Recipe
+from tunekit.console import console
+from tunekit.errors import RunDirError
+from tunekit.runs import RunPaths
+
+STAGES = ("prepare", "train", "eval", "export")
+
+
+def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one's directory unless asked to replace it."""
+    if run.root.exists() and any(run.root.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {run.root} already holds a run",
+                hint="pass --overwrite to replace it, or give this run another `name`",
+            )
+        shutil.rmtree(run.root)
+    run.root.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_stage(recipe: Recipe, run: RunPaths, strict: bool = False) -> dict:
+    from tunekit.data import prepare_data
+    from tunekit.models import load_tokenizer, resolve_model
+
+    model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
+    return prepare_data(recipe, run, tokenizer, strict=strict)
+
+
+def run_pipeline(recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STAGES, overwrite: bool = False) -> dict:
+    """Run the named stages in lifecycle order; return each stage's result and wall time."""
+    from tunekit.eval import run_eval
+    from tunekit.export import run_export
+    from tunekit.train import run_sft
+
+    claim_run_dir(run, overwrite)
+    actions = {
+        "prepare": lambda: prepare_stage(recipe, run),
+        "train": lambda: run_sft(recipe, run),
+        "eval": lambda: run_eval(recipe, run),
+        "export": lambda: run_export(recipe, run),
+    }
+    results: dict = {"timings_s": {}}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        console.rule(f"[bold]{stage}")
+        t0 = time.perf_counter()
+        results[stage] = actions[stage]()
+        results["timings_s"][stage] = round(time.perf_counter() - t0, 1)
+    results["timings_s"]["total"] = round(sum(results["timings_s"].values()), 1)
+    return results

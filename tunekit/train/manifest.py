@@ -1,0 +1,76 @@
+"""manifest.json: what a user needs to reproduce or audit a run, readable without tunekit."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("tunekit", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers", "safetensors")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(cwd: Path) -> dict | None:
+    """The commit of the repository the recipe lives in, and whether it had local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": _cpu_count()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def model_fingerprint(model_path: str) -> dict:
+    """Identify the base model: its id, and for local dirs a hash of the config and weight files."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return {"id": model_path}
+    files = sorted(p for p in path.iterdir() if p.suffix in {".json", ".safetensors"})
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return {"path": str(path), "sha256": digest.hexdigest(), "files": [p.name for p in files]}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
