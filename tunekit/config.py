@@ -35,6 +35,11 @@ class DataConfig(_Section):
     over_length: Literal["drop", "truncate", "error"] = Field(
         "drop", description="What to do with examples longer than `max_length`: drop to quarantine, truncate in training, or stop."
     )
+    on_invalid: Literal["error", "quarantine"] = Field(
+        "error",
+        description="Lines that fail validation (broken JSON, bad roles, empty content): `error` stops and lists them; "
+        "`quarantine` sets them aside in quarantine.jsonl and trains on the rest.",
+    )
     system_prompt: str | None = Field(None, description="System prompt added to examples that have none (also used at eval).")
 
     @model_validator(mode="after")

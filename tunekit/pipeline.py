@@ -25,15 +25,21 @@ def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
     run.root.mkdir(parents=True, exist_ok=True)
 
 
-def prepare_stage(recipe: Recipe, run: RunPaths, strict: bool = False) -> dict:
+def prepare_stage(recipe: Recipe, run: RunPaths) -> dict:
+    """Load the base model's tokenizer (lengths are measured under its chat template), prepare, report."""
     from tunekit.data import prepare_data
+    from tunekit.data.report import print_summary
     from tunekit.models import load_tokenizer, resolve_model
 
-    model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+    with console.status("loading the tokenizer"):
+        model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
+        tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
     run.root.mkdir(parents=True, exist_ok=True)
     run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
-    return prepare_data(recipe, run, tokenizer, strict=strict)
+    with console.status("preparing data"):
+        report = prepare_data(recipe, run, tokenizer)
+    print_summary(report, run)
+    return report
 
 
 def run_pipeline(recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STAGES, overwrite: bool = False) -> dict:

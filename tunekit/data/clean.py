@@ -1,0 +1,93 @@
+"""Cleaning after validation: token lengths under the chat template, the over-length policy,
+exact deduplication, and removal of training rows that leak into the held-out files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tunekit.data.validate import Example, Rejected
+from tunekit.errors import DataError
+
+_BATCH = 256
+# Held-out files win over train, and test over eval: a row shared with a held-out file is
+# removed from the file that is used for learning (or for model selection), never from test.
+_PRIORITY = {"test": 0, "eval": 1, "train": 2}
+DUPLICATE_REASONS = ("duplicate", "leaks_into_test", "leaks_into_eval")
+
+
+def _token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True) unless
+    # return_dict=False; accept either shape so other tokenizer versions work too.
+    out = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=False)
+    if isinstance(out, Mapping):
+        out = out["input_ids"]
+    return list(out)
+
+
+def measure_tokens(examples: list[Example], tokenizer) -> list[Rejected]:
+    """Set `n_tokens` on each example; examples the chat template refuses are returned as rejected."""
+    refused: list[Rejected] = []
+    for start in range(0, len(examples), _BATCH):
+        batch = examples[start : start + _BATCH]
+        try:
+            lengths = [len(ids) for ids in _token_ids(tokenizer, [e.messages for e in batch])]
+        except Exception:  # noqa: BLE001 - a template may raise anything; find the rows one by one
+            lengths = []
+            for example in batch:
+                try:
+                    lengths.append(len(_token_ids(tokenizer, [example.messages])[0]))
+                except Exception as exc:  # noqa: BLE001 - the template's own message is the useful part
+                    lengths.append(-1)
+                    refused.append(_reject(example, "template_error", f"the model's chat template refused this example: {exc}"))
+        for example, n_tokens in zip(batch, lengths):
+            example.n_tokens = n_tokens
+    return refused
+
+
+def apply_length_policy(examples: list[Example], max_length: int, policy: str) -> tuple[list[Example], list[Rejected]]:
+    """Keep, drop to quarantine, or refuse examples longer than `max_length` tokens."""
+    over = [e for e in examples if e.n_tokens > max_length]
+    if not over or policy == "truncate":
+        return examples, []
+    if policy == "error":
+        shown = ", ".join(f"{e.source}:{e.line} ({e.n_tokens} tokens)" for e in over[:10])
+        more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+        raise DataError(
+            f"{len(over)} example(s) are longer than data.max_length={max_length} tokens: {shown}{more}",
+            hint="raise data.max_length, or set data.over_length to `drop` (quarantine them) or `truncate`",
+        )
+    rejected = [
+        _reject(e, "too_long", f"{e.n_tokens} tokens under the chat template; data.max_length is {max_length}") for e in over
+    ]
+    return [e for e in examples if e.n_tokens <= max_length], rejected
+
+
+def dedup_key(messages: list[dict]) -> tuple:
+    """Identity of an example for exact dedup: roles and contents, surrounding whitespace ignored."""
+    return tuple((m["role"], m["content"].strip()) for m in messages)
+
+
+def deduplicate(examples: list[Example], within_files: bool) -> tuple[list[Example], list[Rejected]]:
+    """Drop repeats: always across files (leaks into held-out data), and within a file when asked.
+
+    Within a file the first occurrence is kept. Returns the kept examples in input order."""
+    ordered = sorted(range(len(examples)), key=lambda i: (_PRIORITY[examples[i].origin], i))
+    first: dict[tuple, Example] = {}
+    dropped: dict[int, Rejected] = {}
+    for index in ordered:
+        example = examples[index]
+        key = dedup_key(example.messages)
+        kept = first.get(key)
+        if kept is None:
+            first[key] = example
+        elif kept.origin != example.origin:
+            reason = f"leaks_into_{kept.origin}"
+            dropped[index] = _reject(example, reason, f"same example as {kept.source}:{kept.line} in the {kept.origin} file")
+        elif within_files:
+            dropped[index] = _reject(example, "duplicate", f"duplicate of {kept.source}:{kept.line} (kept)")
+    kept_examples = [e for i, e in enumerate(examples) if i not in dropped]
+    return kept_examples, [dropped[i] for i in sorted(dropped)]
+
+
+def _reject(example: Example, reason: str, detail: str) -> Rejected:
+    return Rejected(example.source, example.line, reason, detail, raw=example.raw)
