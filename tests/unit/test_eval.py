@@ -1,0 +1,237 @@
+"""The eval stage: metric functions on crafted strings, and run_eval on a hand-built run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunekit.config import load_recipe
+from tunekit.errors import RunDirError
+from tunekit.eval import metrics as M
+from tunekit.runs import RunPaths, read_jsonl, write_jsonl
+
+REF = '{"category": "billing", "priority": "high"}'
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_exact_match_ignores_surrounding_whitespace_only():
+    assert M.exact_match(f"  {REF}\n", REF)
+    assert not M.exact_match('{"category":"billing","priority":"high"}', REF)  # same JSON, other spacing
+
+
+@pytest.mark.parametrize(
+    "text, valid",
+    [
+        (REF, True),
+        ("  [1, 2]\n", True),
+        (f"```json\n{REF}\n```", False),  # fenced: strict JSON only
+        (f"{REF} Hope this helps!", False),  # trailing prose
+        ('"billing"', False),  # a JSON scalar, not an object or array
+        ("42", False),
+        ("", False),
+        ("{'category': 'billing'}", False),  # Python dict syntax
+    ],
+)
+def test_json_valid_is_strict(text, valid):
+    assert M.json_valid(text) is valid
+
+
+def test_field_matches_counts_each_field():
+    assert M.field_matches(REF, REF) == {"category": True, "priority": True}
+    assert M.field_matches('{"category": "billing", "priority": "low"}', REF) == {"category": True, "priority": False}
+    assert M.field_matches('{"category": "billing"}', REF) == {"category": True, "priority": False}  # missing key
+    assert M.field_matches(f"```json\n{REF}\n```", REF) == {"category": False, "priority": False}  # unparsable
+    assert M.field_matches('["billing", "high"]', REF) == {"category": False, "priority": False}  # not an object
+    assert M.field_matches('{"n": 1.0}', '{"n": 1}') == {"n": False}  # 1.0 is not 1
+    assert M.field_matches('{"n": true}', '{"n": 1}') == {"n": False}
+    assert M.field_matches(REF, "plain text answer") is None  # no fields to compare
+    assert M.field_matches(REF, "[1, 2]") is None
+
+
+def test_aggregate_exact_numbers():
+    references = [REF, REF, REF, REF, "Paris"]
+    outputs = [
+        REF,  # all right
+        '{"category": "billing", "priority": "low"}',  # priority wrong
+        f"```json\n{REF}\n```",  # fenced: invalid, no field right
+        '{"priority": "high", "category": "shipping", "extra": 1}',  # category wrong, extra key ignored
+        " Paris ",  # non-JSON reference: exact match only
+    ]
+    per_example = [M.score_example(o, r) for o, r in zip(outputs, references)]
+    assert [r["exact_match"] for r in per_example] == [True, False, False, False, True]
+    assert [r["json_valid"] for r in per_example] == [True, True, False, True, False]
+    assert [r["all_fields"] for r in per_example] == [True, False, False, False, None]
+    assert per_example[4]["fields"] is None
+
+    summary, per_field = M.aggregate(per_example)
+    assert summary == {
+        "exact_match": pytest.approx(2 / 5),
+        "json_valid": pytest.approx(3 / 5),
+        "field_accuracy": pytest.approx(4 / 8),  # (2 + 1 + 0 + 1) right of 4 examples x 2 fields
+        "all_fields": pytest.approx(1 / 4),  # over the 4 JSON-object references
+    }
+    assert per_field == {"category": pytest.approx(2 / 4), "priority": pytest.approx(2 / 4)}
+    assert M.field_counts(references) == {"category": 4, "priority": 4}
+
+
+def test_aggregate_only_chosen_metrics_and_no_object_references():
+    per_example = [M.score_example("Paris", "Paris", ["exact_match", "field_accuracy"])]
+    summary, per_field = M.aggregate(per_example, ["exact_match", "field_accuracy"])
+    assert summary == {"exact_match": 1.0, "field_accuracy": None, "all_fields": None}
+    assert per_field == {}
+
+
+# ----------------------------------------------------------------------------- run_eval
+
+SYSTEM = "Reply with a JSON object with keys category and priority."
+TICKETS = [
+    ("Hi, my card was charged twice.", REF),
+    ("The parcel never came and the tracking page is stuck since Monday, please help.", '{"category": "shipping", "priority": "low"}'),
+    ("App crashes.", '{"category": "technical", "priority": "urgent"}'),
+    ("I cannot log in to my account any more after I changed my phone number last week.", '{"category": "account", "priority": "medium"}'),
+    ("Refund please.", "not json at all"),
+]
+MAX_NEW = 6
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir) -> Path:
+    """A run directory as `data prepare` + `train` leave it: recipe, test split, LoRA adapter + tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("", encoding="utf-8")
+    recipe = {
+        "name": "ev",
+        "base_model": str(tiny_model_dir),
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"train": str(train_file)},
+        "eval": {"max_new_tokens": MAX_NEW, "batch_size": 4},
+    }
+    run = RunPaths(tmp_path / "runs" / "ev")
+    run.root.mkdir(parents=True)
+    run.recipe.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": answer},
+            ],
+            "meta": {"source": "test.jsonl", "line": i},
+        }
+        for i, (user, answer) in enumerate(TICKETS, start=1)
+    ]
+    write_jsonl(run.split("test"), rows)
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # Random (not zero) B matrices, so the adapter really changes what the model says.
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(run.adapter_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run.adapter_dir)
+    return run.root
+
+
+def _eval(run_root: Path, *overrides: str) -> tuple[dict, list[dict]]:
+    from tunekit.eval import run_eval
+
+    recipe = load_recipe(run_root, list(overrides))
+    run = RunPaths(recipe.run_dir)
+    report = run_eval(recipe, run)
+    assert json.loads(run.eval_report.read_text()) == report
+    return report, read_jsonl(run.eval_dir / "predictions.jsonl")
+
+
+def _plain_greedy(model_dir: Path, prompt: list[dict]) -> str:
+    """Greedy generation with plain transformers, one unpadded prompt: the reference behaviour."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=tokenizer.pad_token_id)
+    tokens = out[0, enc["input_ids"].shape[1] :].tolist()
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def test_run_eval_writes_report_and_predictions(run_dir, tiny_model_dir):
+    report, predictions = _eval(run_dir)
+
+    assert report["n_examples"] == len(TICKETS) == len(predictions)
+    assert set(report["model"]) == {"base", "tuned"}
+    assert report["settings"]["max_new_tokens"] == MAX_NEW and report["settings"]["decoding"] == "greedy"
+    assert [p["meta"]["line"] for p in predictions] == [1, 2, 3, 4, 5]
+    assert [p["reference"] for p in predictions] == [answer for _, answer in TICKETS]
+    assert all(p["prompt"][-1] == {"role": "user", "content": user} for p, (user, _) in zip(predictions, TICKETS))
+    # Per-field denominators: 4 of the 5 references are JSON objects.
+    assert report["per_field"]["category"]["n"] == 4
+
+    # The base numbers come from the base model itself: same text as plain transformers greedy decoding.
+    assert predictions[2]["base_output"] == _plain_greedy(tiny_model_dir, predictions[2]["prompt"])
+    # The adapter is really applied for the tuned side.
+    assert all(p["tuned_output"] != p["base_output"] for p in predictions)
+
+    # Report numbers agree with the per-example values written next to them.
+    for side in ("base", "tuned"):
+        assert report["model"][side]["exact_match"] == sum(p[f"{side}_metrics"]["exact_match"] for p in predictions) / 5
+        assert report["model"][side]["json_valid"] == sum(p[f"{side}_metrics"]["json_valid"] for p in predictions) / 5
+        timing = report["timing"][side]
+        assert timing["generated_tokens"] <= MAX_NEW * len(TICKETS) and timing["seconds"] > 0
+
+
+def test_batched_left_padded_generation_equals_one_by_one(run_dir):
+    _, batched = _eval(run_dir, "eval.batch_size=4")
+    _, single = _eval(run_dir, "eval.batch_size=1")
+    assert [p["tuned_output"] for p in batched] == [p["tuned_output"] for p in single]
+    assert [p["base_output"] for p in batched] == [p["base_output"] for p in single]
+
+
+def test_max_examples_and_no_base(run_dir):
+    report, predictions = _eval(run_dir, "eval.max_examples=2", "eval.compare_base=false")
+    assert report["n_examples"] == 2 and len(predictions) == 2
+    assert set(report["model"]) == {"tuned"} and set(report["timing"]) == {"tuned"}
+    assert "base_output" not in predictions[0]
+
+
+def test_missing_stage_outputs_name_the_command_to_run(run_dir):
+    from tunekit.eval import run_eval
+
+    recipe = load_recipe(run_dir)
+    run = RunPaths(recipe.run_dir)
+    run.split("test").unlink()
+    with pytest.raises(RunDirError, match="test.jsonl not found") as err:
+        run_eval(recipe, run)
+    assert "tunekit data prepare" in err.value.hint
+    (run.adapter_dir / "adapter_config.json").unlink()
+    with pytest.raises(RunDirError) as err:
+        run_eval(recipe, run)
+    assert "tunekit train" in err.value.hint
+
+
+def test_cli_eval_max_examples(run_dir):
+    import typer
+    from typer.testing import CliRunner
+
+    from tunekit.cli.eval import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # keep `eval` a named subcommand
+    register(app)
+    assert CliRunner().invoke(app, ["eval", "--help"]).exit_code == 0
+    result = CliRunner().invoke(app, ["eval", str(run_dir), "--max-examples", "1", "--set", "eval.compare_base=false"])
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(run_dir / "eval" / "predictions.jsonl")) == 1
+    assert json.loads((run_dir / "eval" / "eval_report.json").read_text())["n_examples"] == 1
