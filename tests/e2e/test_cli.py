@@ -71,3 +71,53 @@ def test_unknown_base_model_directory_is_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert "base_model './no/such/model' is not a model directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_on_a_tiny_recipe_does_every_stage(tmp_path, tiny_model_dir):
+    """prepare → train → eval → export through the real CLI, on the tiny random model."""
+    train_rows = [
+        {"messages": [{"role": "user", "content": f"ticket {i}: refund order {i}"}, {"role": "assistant", "content": '{"category": "refund"}'}]}
+        for i in range(24)
+    ]
+    test_rows = [
+        {"messages": [{"role": "user", "content": f"case {i}: money back for {i}"}, {"role": "assistant", "content": '{"category": "refund"}'}]}
+        for i in range(4)
+    ]
+    write_jsonl(tmp_path / "data" / "train.jsonl", [*train_rows, train_rows[0]])  # one duplicate
+    write_jsonl(tmp_path / "data" / "test.jsonl", test_rows)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: tiny\nbase_model: {tiny_model_dir}\n"
+        "data: {train: data/train.jsonl, test: data/test.jsonl, max_length: 96}\n"
+        "train: {max_steps: 4, batch_size: 4, logging_steps: 1}\n"
+        "eval: {max_new_tokens: 8, batch_size: 4}\n"
+    )
+    result = tunekit("run", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    report = json.loads((run / "data" / "data_report.json").read_text())
+    assert report["quarantine"]["by_reason"] == {"duplicate": 1}
+    assert sum(report["splits"][s]["rows"] for s in ("train", "val")) == 24
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    eval_report = json.loads((run / "eval" / "eval_report.json").read_text())
+    assert eval_report["n_examples"] == 4
+    assert (run / "export" / "merged" / "model.safetensors").exists()
+    assert "base" in result.stderr and "tuned" in result.stderr
+
+    # A second run into the same directory is refused unless asked to overwrite.
+    again = tunekit("run", str(recipe), "--stages", "prepare")
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert tunekit("run", str(recipe), "--stages", "prepare", "--overwrite").returncode == 0
+
+
+def test_broken_jsonl_lines_stop_with_file_and_line(tmp_path, tiny_model_dir):
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    lines = [json.dumps(good), '{"messages": [', json.dumps(good | {"x": 1}), "not json at all"]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base_model: {tiny_model_dir}\ndata:\n  train: train.jsonl\n")
+    result = tunekit("data", "prepare", str(recipe))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "train.jsonl:2: invalid_json" in result.stderr and "train.jsonl:4: invalid_json" in result.stderr
+    assert "data.on_invalid: quarantine" in result.stderr

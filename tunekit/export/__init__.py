@@ -9,6 +9,7 @@ from tunekit.console import console
 from tunekit.errors import TunekitError
 from tunekit.export.merge import check_adapter_dir, copy_adapter, merge_adapter, model_card
 from tunekit.export.parity import DEFAULT_MAX_NEW_TOKENS, check_parity, parity_failure_message, parity_prompts
+from tunekit.export.summary import print_summary
 from tunekit.runs import RunPaths, write_json
 
 __all__ = ["run_export", "check_parity", "merge_adapter", "copy_adapter", "parity_prompts"]
@@ -52,6 +53,7 @@ def run_export(recipe: Recipe, run: RunPaths) -> dict:
                 base_path, adapter_dir, run.merged_dir, prompts, max_new_tokens, dtype=options.dtype, **loading
             )
     write_json(export_report_path(run), report)
+    print_summary(report, export_report_path(run))
     if report["parity"] is not None and not report["parity"]["passed"]:
         raise TunekitError(
             parity_failure_message(report["parity"]),

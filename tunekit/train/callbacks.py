@@ -51,14 +51,22 @@ class MetricsLog(TrainerCallback):
 
 
 class RichProgress(TrainerCallback):
-    """Replaces tqdm with one bar showing step, loss, tokens/s, elapsed and ETA."""
+    """Replaces tqdm with one bar showing step, loss, tokens/s, elapsed and ETA.
+
+    When output is not a terminal (CI logs, `| tee`), a live bar would print nothing until the
+    end, so each logged step becomes one plain line instead.
+    """
 
     def __init__(self, metrics: MetricsLog):
         self.metrics = metrics
         self.progress: Progress | None = None
         self.task = None
+        self._started = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+        if not console.is_terminal:
+            return
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -81,6 +89,17 @@ class RichProgress(TrainerCallback):
         loss = f"{latest['loss']:.4f}" if "loss" in latest else "-"
         speed = f"{latest['tokens_per_s']:.0f}" if "tokens_per_s" in latest else "-"
         self.progress.update(self.task, completed=state.global_step, loss=loss, speed=speed)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None or not logs or "loss" not in logs or not state.global_step:
+            return
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / state.global_step * (state.max_steps - state.global_step)
+        speed = self.metrics.latest.get("tokens_per_s")
+        console.print(
+            f"step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.4f}  "
+            f"{f'{speed:.0f} tok/s  ' if speed else ''}elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

@@ -1,0 +1,61 @@
+"""Wall time and quality of the shipped example, end to end on this machine.
+
+Runs prepare → train → eval → export of examples/ticket_triage on the embedded SmolLM2-135M
+and appends one JSON object to bench/results/ticket_triage.jsonl: stage timings, training
+throughput, base vs tuned scores, hardware. A figure, not a test: nothing is asserted.
+
+    python bench/example_run.py [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "ticket_triage.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
+    args = parser.parse_args()
+
+    from tunekit.config import load_recipe
+    from tunekit.pipeline import run_pipeline
+    from tunekit.runs import RunPaths
+    from tunekit.train.manifest import hardware, package_versions
+
+    with tempfile.TemporaryDirectory(prefix="tunekit-bench-") as tmp:
+        recipe = load_recipe(ROOT / "examples" / "ticket_triage" / "recipe.yaml", [f"output_dir={tmp}", *args.overrides])
+        run = RunPaths(recipe.run_dir)
+        started = time.perf_counter()
+        results = run_pipeline(recipe, run, overwrite=True)
+        wall = time.perf_counter() - started
+        metrics = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+        speeds = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m][1:]  # the first step includes warm-up
+        record = {
+            "workload": "examples/ticket_triage: prepare+train+eval+export, smollm2-135m-instruct LoRA r16, CPU",
+            "overrides": args.overrides,
+            "wall_s": round(wall, 1),
+            "stage_s": results["timings_s"],
+            "train_steps": results["train"].steps,
+            "train_tokens_per_s_mean": round(sum(speeds) / len(speeds), 1) if speeds else None,
+            "eval": results["eval"]["model"],
+            "eval_per_field": results["eval"]["per_field"],
+            "parity_passed": results["export"]["parity"]["passed"] if results["export"]["parity"] else None,
+            "hardware": hardware(),
+            "packages": package_versions(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

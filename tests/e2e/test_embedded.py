@@ -1,0 +1,42 @@
+"""The shipped example on the real embedded SmolLM2-135M, shortened to a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import tunekit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_example_recipe_end_to_end_on_the_embedded_model(tmp_path, embedded_model_dir):
+    result = tunekit(
+        "run",
+        str(ROOT / "examples" / "ticket_triage" / "recipe.yaml"),
+        "--set", f"output_dir={tmp_path}",
+        "--set", "train.max_steps=4",
+        "--set", "train.logging_steps=1",
+        "--set", "eval.max_examples=6",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ticket-triage"
+
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+    report = json.loads((run / "eval" / "eval_report.json").read_text())
+    assert report["n_examples"] == 6
+    # The untuned model never answers with the ticket JSON: the task needs the fine-tune.
+    assert report["model"]["base"]["json_valid"] == 0.0
+
+    export = json.loads((run / "export" / "export_report.json").read_text())
+    assert export["parity"]["passed"] is True
+    assert export["parity"]["identical"] == len(export["parity"]["prompts"])
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["base_model"]["name"] == "smollm2-135m-instruct"
+    assert manifest["base_model"]["sha256"]
