@@ -22,11 +22,72 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+PiiType = Literal["email", "phone", "credit_card", "iban", "ip", "ssn", "secret"]
+ALL_PII_TYPES: list = ["email", "phone", "credit_card", "iban", "ip", "ssn", "secret"]
+
+
+class CleanConfig(_Section):
+    normalize_unicode: Literal["none", "NFC", "NFKC"] = Field("NFC", description="Unicode normalisation applied to every content string.")
+    normalize_whitespace: bool = Field(
+        True, description="Strip contents and collapse runs of spaces/tabs (newlines are kept)."
+    )
+    near_dedup: bool = Field(True, description="Drop near-duplicates found with MinHash LSH (the first occurrence is kept).")
+    near_threshold: float = Field(0.7, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which two rows are near-duplicates.")
+    minhash_permutations: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: more accurate, slower).")
+    shingle_size: int = Field(3, ge=1, le=20, description="Word n-gram size of the MinHash shingles.")
+    semantic_dedup: bool = Field(
+        False, description="Also drop rows whose sentence embeddings are closer than `semantic_threshold` (extra: tunekit[semantic])."
+    )
+    semantic_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Cosine similarity for semantic duplicates.")
+    pii: Literal["off", "report", "redact", "drop"] = Field(
+        "report",
+        description="Personal data and secrets: `report` counts them, `redact` replaces them with typed placeholders "
+        "([EMAIL] ...), `drop` quarantines the row, `off` skips the scan.",
+    )
+    pii_types: list[PiiType] = Field(default_factory=lambda: list(ALL_PII_TYPES), description="Kinds of PII to look for.")
+
+
+class ConsistencyRule(_Section):
+    name: str = Field(description="Name shown in the report.")
+    regex: str | None = Field(None, description="Every assistant reply must match this regex (re.search).")
+    ends_with: str | None = Field(None, description="Every assistant reply must end with this text.")
+    json: bool = Field(False, description="Every assistant reply must parse as JSON.")
+    json_schema: Path | None = Field(None, description="Every assistant reply must validate against this JSON schema file.")
+
+    @model_validator(mode="after")
+    def _one_check(self) -> "ConsistencyRule":
+        given = [k for k in ("regex", "ends_with", "json_schema") if getattr(self, k) is not None] + (["json"] if self.json else [])
+        if len(given) != 1:
+            raise ValueError("a rule needs exactly one of regex, ends_with, json: true, json_schema")
+        return self
+
+
+class AnalysisConfig(_Section):
+    label_field: str | None = Field(None, description="Label of a row: this key of the JSON assistant reply (e.g. category).")
+    label_regex: str | None = Field(None, description="Label of a row: group 1 (or the match) of this regex on the assistant reply.")
+    max_label_share: float = Field(0.5, gt=0.0, le=1.0, description="Warn when the largest label holds more than this share.")
+    rules: list[ConsistencyRule] = Field(default_factory=list, description="Checks every assistant reply must pass.")
+    diversity: bool = Field(False, description="Cluster embedded user turns and judge diversity (extra: tunekit[semantic]).")
+    diversity_clusters: int | None = Field(None, gt=1, description="KMeans clusters (default: about sqrt(rows/2), 2..50).")
+
+
+class DataGates(_Section):
+    min_examples: int | None = Field(None, gt=0, description="Fail when fewer training rows remain.")
+    max_duplicate_share: float | None = Field(None, ge=0.0, le=1.0, description="Fail when more of the input were duplicates.")
+    max_quarantine_share: float | None = Field(None, ge=0.0, le=1.0, description="Fail when more of the input was quarantined.")
+    max_label_share: float | None = Field(None, gt=0.0, le=1.0, description="Fail when the largest label holds more.")
+    require_diversity: Literal["GOOD"] | None = Field(None, description="Fail unless the diversity verdict is GOOD.")
+
+
 class DataConfig(_Section):
-    train: Path = Field(description="Training file (JSONL: chat `messages` or alpaca `instruction/input/output`).")
+    train: Path = Field(
+        description="Training data: a JSONL, JSON-array, CSV or Parquet file, or a saved Hugging Face dataset directory."
+    )
     eval: Path | None = Field(None, description="Optional validation file; when absent, `val_fraction` of train is held out.")
     test: Path | None = Field(None, description="Optional held-out test file for `tunekit eval`; when absent, `test_fraction` of train is held out.")
-    format: Literal["auto", "messages", "alpaca"] = Field("auto", description="Input format; `auto` detects it per file.")
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "text"] = Field(
+        "auto", description="Row format; `auto` detects it per row and refuses files that mix formats."
+    )
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for validation when `eval` is not given.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of train held out for testing when `test` is not given.")
     seed: int = Field(42, description="Seed of the deterministic train/val/test split.")
@@ -41,6 +102,25 @@ class DataConfig(_Section):
         "`quarantine` sets them aside in quarantine.jsonl and trains on the rest.",
     )
     system_prompt: str | None = Field(None, description="System prompt added to examples that have none (also used at eval).")
+    split: Literal["random", "stratified", "grouped"] = Field(
+        "random", description="How held-out rows are chosen: at random, stratified by label, or by `group_key` groups."
+    )
+    group_key: str | None = Field(None, description="Top-level field of the input rows that groups them (for split: grouped).")
+    external_eval: list[Path] = Field(
+        default_factory=list, description="Other eval files to check for leakage (exact and near-duplicate) against training."
+    )
+    remove_leaks: bool = Field(True, description="Remove training rows that leak into held-out or external eval data.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Normalisation, near-dedup and PII.")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="Labels, consistency rules, diversity.")
+    gates: DataGates = Field(default_factory=DataGates, description="Data checks that stop `tunekit run` before training.")
+
+    @model_validator(mode="after")
+    def _grouped_needs_a_key(self) -> "DataConfig":
+        if self.split == "grouped" and not self.group_key:
+            raise ValueError("split: grouped needs group_key")
+        if self.split == "stratified" and not (self.analysis.label_field or self.analysis.label_regex):
+            raise ValueError("split: stratified needs analysis.label_field or analysis.label_regex")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataConfig":
@@ -218,6 +298,10 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         value = getattr(recipe.data, name)
         if value is not None:
             setattr(recipe.data, name, anchor(value) or value)
+    recipe.data.external_eval = [anchor(p) or p for p in recipe.data.external_eval]
+    for rule in recipe.data.analysis.rules:
+        if rule.json_schema is not None:
+            rule.json_schema = anchor(rule.json_schema) or rule.json_schema
     return recipe
 
 
