@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
     args = parser.parse_args()
 
+    from tunekit.cli.main import _quiet_libraries
+
+    _quiet_libraries()
     from tunekit.config import load_recipe
     from tunekit.pipeline import run_pipeline
     from tunekit.runs import RunPaths
