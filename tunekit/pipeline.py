@@ -28,6 +28,7 @@ def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
 def prepare_stage(recipe: Recipe, run: RunPaths) -> dict:
     """Load the base model's tokenizer (lengths are measured under its chat template), prepare, report."""
     from tunekit.data import prepare_data
+    from tunekit.data.gates import raise_on_failed_gates
     from tunekit.data.report import print_summary
     from tunekit.models import load_tokenizer, resolve_model
 
@@ -39,6 +40,8 @@ def prepare_stage(recipe: Recipe, run: RunPaths) -> dict:
     with console.status("preparing data"):
         report = prepare_data(recipe, run, tokenizer)
     print_summary(report, run)
+    # After the summary, so the user sees the numbers behind a failed gate; stops `tunekit run` before training.
+    raise_on_failed_gates(report, run.data_report)
     return report
 
 

@@ -47,7 +47,7 @@ def quarantine_of(run: RunPaths) -> list[dict]:
 BAD_LINES = [
     ("{not json", "invalid_json"),
     ("[1, 2]", "not_an_object"),
-    (json.dumps({"prompt": "hi", "completion": "yo"}), "unknown_format"),
+    (json.dumps({"question": "hi", "answer": "yo"}), "unknown_format"),
     (json.dumps({"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}), "missing_field"),
     (json.dumps({"messages": [{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]}), "bad_role"),
     (json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}), "role_order"),
@@ -233,7 +233,9 @@ def test_token_lengths_match_the_chat_template(tmp_path, smol_tokenizer):
     recipe, run = make(tmp_path, val_fraction=0.0)
     report = prepare_data(recipe, run, smol_tokenizer)
     lengths = sorted(len(smol_tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows)
-    assert report["splits"]["train"]["tokens"] == {
+    tokens = dict(report["splits"]["train"]["tokens"])
+    assert sum(tokens.pop("histogram")["counts"]) == 5
+    assert tokens == {
         "min": lengths[0],
         "mean": round(sum(lengths) / 5, 2),
         "p50": lengths[2],

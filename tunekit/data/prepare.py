@@ -12,8 +12,14 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.data.clean import DUPLICATE_REASONS, apply_length_policy, deduplicate, measure_tokens
 from tunekit.data.formats import with_system_prompt
+from tunekit.data.neardup import near_and_leak_stage
+from tunekit.data.normalize import normalize_rows
+from tunekit.data.html_report import report_outputs, write_html_report
 from tunekit.data.report import build_report
-from tunekit.data.split import split_train
+from tunekit.data.split import attach_groups, split_train
+from tunekit.data.analyze import UNLABELLED, Labeler, add_analysis, compile_rules
+from tunekit.data.gates import evaluate_gates
+from tunekit.data.pii import PII_REASON, scrub_examples
 from tunekit.data.validate import Example, InputFile, read_input
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths, write_json, write_jsonl
@@ -46,7 +52,7 @@ def _read_inputs(recipe: Recipe) -> list[InputFile]:
 
 def _clear_outputs(run: RunPaths) -> None:
     # A failed prepare must not leave an older run's splits behind for `tunekit train` to pick up.
-    for path in (*(run.split(s) for s in SPLITS), run.quarantine, run.data_report):
+    for path in (*(run.split(s) for s in SPLITS), run.quarantine, run.data_report, *report_outputs(run)):
         path.unlink(missing_ok=True)
 
 
@@ -59,18 +65,31 @@ def _file_of(inputs: list[InputFile]) -> dict[str, InputFile]:
     return {f.source: f for f in inputs}
 
 
-def _clean(recipe: Recipe, inputs: list[InputFile], tokenizer) -> list[Example]:
-    """Apply the system prompt, the length policy and dedup; rejected rows go back to their file."""
+def _clean(recipe: Recipe, inputs: list[InputFile], tokenizer, findings: dict | None = None) -> list[Example]:
+    """Normalise, apply the system prompt, the length policy and dedup; rejected rows go back to
+    their file. Report sections (normalization, near_dedup, leakage) are added to `findings`."""
+    findings = {} if findings is None else findings
     by_source = _file_of(inputs)
     examples = [e for f in inputs for e in f.examples]
+    # Before the system prompt is added: the recipe's prompt must stay byte-equal to the one used at eval.
+    findings["normalization"] = normalize_rows(examples, recipe.data.clean)
+    # Before the system prompt is added (the recipe's own prompt is not user data) and before
+    # lengths and dedup, so they see the redacted text.
+    examples, pii_rows, findings["pii"] = scrub_examples(examples, recipe.data.clean.pii, recipe.data.clean.pii_types)
     for example in examples:
-        example.messages = with_system_prompt(example.messages, recipe.data.system_prompt)
+        if example.kind != "text":  # raw pre-training text has no conversation to add a prompt to
+            example.messages = with_system_prompt(example.messages, recipe.data.system_prompt)
     rejected = measure_tokens(examples, tokenizer)
     refused = {(r.source, r.line) for r in rejected}
     examples = [e for e in examples if (e.source, e.line) not in refused]
     examples, too_long = apply_length_policy(examples, recipe.data.max_length, recipe.data.over_length)
-    examples, repeats = deduplicate(examples, within_files=recipe.data.dedup)
-    for row in (*rejected, *too_long, *repeats):
+    exact_leaks: list = []
+    examples, repeats = deduplicate(examples, recipe.data.dedup, recipe.data.remove_leaks, exact_leaks)
+    read = lambda key, path, source: read_input(key, path, source, "auto")  # noqa: E731
+    examples, near, sections = near_and_leak_stage(recipe.data, examples, exact_leaks, read)
+    findings.update(sections)
+    examples, semantic = _semantic_dedup(recipe, examples)
+    for row in (*pii_rows, *rejected, *too_long, *repeats, *near, *semantic):
         by_source[row.source].rejected.append(row)
     return examples
 
@@ -91,7 +110,7 @@ def _no_training_rows(train: InputFile, run: RunPaths) -> DataError:
 
 
 # Rows set aside by a policy the user chose (dedup, over_length: drop), not by a defect.
-_POLICY_REASONS = (*DUPLICATE_REASONS, "too_long")
+_POLICY_REASONS = (*DUPLICATE_REASONS, "too_long", PII_REASON)
 
 
 def _strict_failure(inputs: list[InputFile], run: RunPaths) -> DataError | None:
@@ -113,9 +132,15 @@ def prepare_data(recipe: Recipe, run: RunPaths, tokenizer) -> dict:
     (the default), any invalid line is an error; duplicates and over-length rows dropped by
     policy never are. Raises DataError for unusable input."""
     _clear_outputs(run)
+    # A bad label regex or rule fails before any work is done.
+    Labeler(recipe.data.analysis)
+    compile_rules(recipe.data.analysis.rules)
     inputs = _read_inputs(recipe)
+    if recipe.data.split == "grouped":
+        attach_groups(inputs, recipe.data.group_key)
+    findings: dict = {}
     try:
-        examples = _clean(recipe, inputs, tokenizer)
+        examples = _clean(recipe, inputs, tokenizer, findings)
     except DataError:
         _write_quarantine(run, inputs)
         raise
@@ -131,7 +156,13 @@ def prepare_data(recipe: Recipe, run: RunPaths, tokenizer) -> dict:
         if splits[name] or name != "test":
             write_jsonl(run.split(name), (e.to_json() for e in splits[name]))
     report = build_report(recipe, run, inputs, splits)
+    report.update(findings)
+    add_analysis(report, recipe.data.analysis, splits)
+    _analyse_diversity(recipe, run, report, splits["train"])
+    # Last: gates read every other section of the report.
+    report["gates"] = evaluate_gates(recipe.data.gates, report)
     write_json(run.data_report, report)
+    write_html_report(report, run)
     return report
 
 
@@ -140,7 +171,33 @@ def _assign_splits(recipe: Recipe, examples: list[Example]) -> dict[str, list[Ex
     data = recipe.data
     val_fraction = 0.0 if data.eval is not None else data.val_fraction
     test_fraction = 0.0 if data.test is not None else data.test_fraction
-    splits = split_train([e for e in examples if e.origin == "train"], val_fraction, test_fraction, data.seed)
+    train = [e for e in examples if e.origin == "train"]
+    strata = groups = None
+    if data.split == "stratified":
+        labeler = Labeler(data.analysis)
+        strata = [labeler(e) or UNLABELLED for e in train]
+    elif data.split == "grouped":
+        groups = [e.group for e in train]
+    splits = split_train(train, val_fraction, test_fraction, data.seed, strata=strata, groups=groups)
     for origin, split in _SPLIT_OF_INPUT.items():
         splits[split] += [e for e in examples if e.origin == origin]
     return splits
+
+
+def _semantic_dedup(recipe: Recipe, examples: list[Example]) -> tuple[list[Example], list]:
+    clean = recipe.data.clean
+    if not clean.semantic_dedup:
+        return examples, []
+    from tunekit.data.semantic import semantic_dedup  # the optional extra, only when asked for
+
+    return semantic_dedup(examples, clean.semantic_threshold, across_files=recipe.data.remove_leaks)
+
+
+def _analyse_diversity(recipe: Recipe, run: RunPaths, report: dict, train: list[Example]) -> None:
+    analysis = recipe.data.analysis
+    if not analysis.diversity:
+        return
+    from tunekit.data.diversity import analyse_diversity  # the optional extra, only when asked for
+
+    diversity = analyse_diversity(train, analysis.diversity_clusters, recipe.data.seed, run.data_dir / "diversity.png")
+    report.setdefault("analysis", {})["diversity"] = diversity

@@ -8,7 +8,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunekit.config import Recipe
+from tunekit.data.analyze import print_findings
 from tunekit.data.clean import DUPLICATE_REASONS
+from tunekit.data.neardup import leakage_summary
+from tunekit.data.html_report import html_path, token_histogram
 from tunekit.data.split import token_stats
 from tunekit.data.validate import Example, InputFile
 from tunekit.console import console
@@ -24,6 +27,9 @@ def _file_entry(f: InputFile, kept: int) -> dict:
         "path": str(f.path),
         "sha256": f.sha256,
         "format": f.detected_format,
+        # jsonl, json, csv, parquet or hf_dataset; `lines` counts its records, numbered per `unit`
+        "input": f.input_type,
+        "unit": f.unit,
         "lines": f.lines,
         "blank": f.blank,
         "kept": kept,
@@ -69,8 +75,11 @@ def _quarantine(run: RunPaths, inputs: list[InputFile]) -> dict:
 
 def _splits(run: RunPaths, splits: dict[str, list[Example]], max_length: int, truncating: bool) -> dict:
     entries = {}
+    # The same bins for every split, so their histograms can be overlaid and compared.
+    upper = max([max_length, *(e.n_tokens for rows in splits.values() for e in rows)])
     for name, rows in splits.items():
         stats = token_stats(rows, max_length)
+        stats["histogram"] = token_histogram((e.n_tokens for e in rows), upper)
         entries[name] = {
             "path": str(run.split(name)) if rows or name != "test" else None,
             "rows": len(rows),
@@ -158,4 +167,7 @@ def print_summary(report: dict, run: RunPaths) -> None:
     console.print(_summary_table(report))
     if (quarantined := _quarantine_table(report)) is not None:
         console.print(quarantined)
-    console.print(f"report: {escape(str(run.data_report))}")
+    for line in leakage_summary(report):
+        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    print_findings(report)  # PII, labels, rules, warnings and the data verdict
+    console.print(f"report: {escape(str(run.data_report))} (readable: {escape(str(html_path(run)))})")

@@ -1,31 +1,62 @@
-"""Read a user's JSONL file line by line: every line is kept as an example, counted as blank,
-or rejected with a reason code and its 1-based line number."""
+"""Read a user's data file record by record: every record is kept as an example, counted as
+blank, or rejected with a reason code and its 1-based number (line, array item or table row)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunekit.data.formats import ALPACA, MESSAGES, RowProblem, detect_format, ignored_keys, to_messages
+from tunekit.data.formats import CHAT, FORMATS, LABEL, PREFERENCE_KIND, TEXT_KIND, RowProblem, convert, detect_format, ignored_keys
+from tunekit.data.readers import JSONL, UNIT, open_input
 from tunekit.errors import DataError
 
 
 @dataclass
 class Example:
-    """One usable row, in canonical form, with where it came from."""
+    """One usable row, in canonical form, with where it came from.
+
+    `kind` is chat, preference or text. `messages` always holds every message of the row (see
+    formats.Converted), so stages that read text work on all kinds alike; `payload` is the
+    canonical dict of a preference or text row, rebuilt from `messages` so edits made there
+    (normalisation, PII redaction, a prepended system prompt) reach the written row."""
 
     origin: str  # the recipe key of its file: train, eval or test
     source: str
     line: int
     messages: list[dict]
-    raw: str = field(default="", repr=False)  # the original line, for the quarantine if dropped later
+    raw: str = field(default="", repr=False)  # the original record, for the quarantine if dropped later
     n_tokens: int = 0
+    kind: str = CHAT
+    n_rejected: int = 0  # preference rows: how many messages before the last `n_chosen` are the rejected answer
+    n_chosen: int = 0
+    group: str | None = None  # the row's `data.group_key` value, for split: grouped (set by prepare)
+
+    @property
+    def prompt(self) -> list[dict]:
+        return self.messages[: len(self.messages) - self.n_rejected - self.n_chosen]
+
+    @property
+    def chosen(self) -> list[dict]:
+        return self.messages[len(self.messages) - self.n_chosen :]
+
+    @property
+    def rejected(self) -> list[dict]:
+        end = len(self.messages) - self.n_chosen
+        return self.messages[end - self.n_rejected : end]
+
+    @property
+    def payload(self) -> dict:
+        """The canonical row without meta: messages, prompt/chosen/rejected, or text."""
+        if self.kind == PREFERENCE_KIND:
+            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        if self.kind == TEXT_KIND:
+            return {"text": self.messages[0]["content"]}
+        return {"messages": self.messages}
 
     def to_json(self) -> dict:
-        return {"messages": self.messages, "meta": {"source": self.source, "line": self.line}}
+        return {**self.payload, "meta": {"source": self.source, "line": self.line}}
 
 
 @dataclass
@@ -44,7 +75,7 @@ class Rejected:
 
 @dataclass
 class InputFile:
-    """An input file and what became of each of its lines."""
+    """An input file and what became of each of its records (`lines` counts records of any input)."""
 
     key: str  # train, eval or test: the `data.<key>` it was named by
     path: Path
@@ -54,84 +85,100 @@ class InputFile:
     blank: int = 0
     examples: list[Example] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    format_lines: dict[str, list[int]] = field(default_factory=lambda: {MESSAGES: [], ALPACA: []})
+    format_lines: dict[str, list[int]] = field(default_factory=lambda: {fmt: [] for fmt in FORMATS})
     ignored_keys: Counter = field(default_factory=Counter)
+    input_type: str = JSONL  # jsonl, json, csv, parquet or hf_dataset
+
+    @property
+    def unit(self) -> str:
+        """What a record number counts: line, item (JSON array) or row (Parquet, saved dataset)."""
+        return UNIT[self.input_type]
 
     @property
     def detected_format(self) -> str:
         found = [fmt for fmt, lines in self.format_lines.items() if lines]
         return found[0] if len(found) == 1 else ("mixed" if found else "none")
 
-
-def _split_lines(data: bytes) -> list[bytes]:
-    """Physical lines, split on \\n only: JSON strings may hold other Unicode line separators."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line does not start another one
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    @property
+    def kinds(self) -> Counter:
+        return Counter(e.kind for e in self.examples)
 
 
-def _parse(raw: bytes) -> dict:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RowProblem("invalid_json", f"line is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RowProblem("invalid_json", f"{exc.msg} at column {exc.colno}") from None
-    if not isinstance(row, dict):
-        raise RowProblem("not_an_object", f"line is a JSON {type(row).__name__}, not an object")
-    return row
-
-
-def _row_format(row: dict, setting: str) -> str:
-    fmt = detect_format(row)
-    if setting != "auto" and fmt != setting:
-        raise RowProblem("unknown_format", f"row is in {fmt} format but the recipe sets data.format: {setting}")
-    return fmt
+def _where(unit: str, number: int, detail: str) -> str:
+    # Line numbers speak for themselves; an array item or a table row is named so it is not read as a line.
+    return detail if unit == "line" or detail.startswith(f"{unit} {number}") else f"{unit} {number}: {detail}"
 
 
 def read_input(key: str, path: Path, source: str, format_setting: str) -> InputFile:
-    """Read and validate every line of one file; bad lines are collected, never fatal."""
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "file not found"
-        raise DataError(f"data.{key}: {what}: {path}", hint=f"fix `data.{key}` in the recipe (relative paths start at the recipe's folder)")
-    data = path.read_bytes()
-    result = InputFile(key=key, path=path, source=source, sha256=hashlib.sha256(data).hexdigest())
-    for number, raw in enumerate(_split_lines(data), start=1):
+    """Read and validate every record of one input; bad records are collected, never fatal."""
+    opened = open_input(key, path)
+    result = InputFile(key=key, path=path, source=source, sha256=opened.sha256, input_type=opened.input_type)
+    for record in opened.records:
         result.lines += 1
-        if not raw.strip():
+        if record.blank:
             result.blank += 1
             continue
-        text = raw.decode("utf-8", errors="replace")
         try:
-            row = _parse(raw)
-            fmt = _row_format(row, format_setting)
-            result.format_lines[fmt].append(number)
-            messages = to_messages(row, fmt)
+            if record.problem is not None:
+                raise record.problem
+            fmt = detect_format(record.row, format_setting)
+            result.format_lines[fmt].append(record.number)
+            row = convert(record.row, fmt)
         except RowProblem as problem:
-            result.rejected.append(Rejected(source, number, problem.reason, problem.detail, text))
+            detail = _where(result.unit, record.number, problem.detail)
+            result.rejected.append(Rejected(source, record.number, problem.reason, detail, record.raw))
             continue
-        result.ignored_keys.update(ignored_keys(row, fmt))
-        result.examples.append(Example(key, source, number, messages, raw=text))
+        result.ignored_keys.update(ignored_keys(record.row, fmt))
+        example = Example(key, source, record.number, row.messages, raw=record.raw, kind=row.kind)
+        example.n_rejected, example.n_chosen = row.n_rejected, row.n_chosen
+        result.examples.append(example)
     if format_setting == "auto":
         _refuse_mixed_formats(result)
     return result
 
 
 def _refuse_mixed_formats(result: InputFile) -> None:
-    chat, alpaca = result.format_lines[MESSAGES], result.format_lines[ALPACA]
-    if chat and alpaca:
+    found = {fmt: lines for fmt, lines in result.format_lines.items() if lines}
+    if len(found) < 2:
+        return
+    units = f"{result.unit}s"
 
-        def sample(lines: list[int]) -> str:
-            shown = ", ".join(map(str, lines[:5]))
-            return shown + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    def sample(lines: list[int]) -> str:
+        shown = ", ".join(map(str, lines[:5]))
+        return shown + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
 
-        raise DataError(
-            f"{result.path} mixes formats: chat `messages` rows on lines {sample(chat)} "
-            f"and alpaca `instruction/output` rows on lines {sample(alpaca)}",
-            hint="convert the file to one format (or set data.format to quarantine the rows of the other one)",
-        )
+    parts = [f"{LABEL[fmt]} rows on {units} {sample(lines)}" for fmt, lines in found.items()]
+    raise DataError(
+        f"{result.path} mixes formats: {', '.join(parts[:-1])} and {parts[-1]}",
+        hint="convert the file to one format (or set data.format to quarantine the rows of the other ones)",
+    )
+
+
+def _lengths(tokenizer, conversations: list[list[dict]]) -> list[int]:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True) unless
+    # return_dict=False; accept either shape so other tokenizer versions work too.
+    out = tokenizer.apply_chat_template(conversations, tokenize=True, return_dict=False)
+    if isinstance(out, Mapping):
+        out = out["input_ids"]
+    return [len(ids) for ids in out]
+
+
+def measure_non_chat(examples: list[Example], tokenizer) -> list[Rejected]:
+    """Set `n_tokens` on preference rows (the longer of prompt+chosen and prompt+rejected under the
+    chat template) and text rows (plain tokenization); rows the template refuses are returned."""
+    texts = [e for e in examples if e.kind == TEXT_KIND]
+    for start in range(0, len(texts), 256):
+        batch = texts[start : start + 256]
+        for example, ids in zip(batch, tokenizer([e.messages[0]["content"] for e in batch])["input_ids"]):
+            example.n_tokens = len(ids)
+    refused = []
+    for example in examples:
+        if example.kind != PREFERENCE_KIND:
+            continue
+        try:
+            example.n_tokens = max(_lengths(tokenizer, [example.prompt + example.chosen, example.prompt + example.rejected]))
+        except Exception as exc:  # noqa: BLE001 - the template's own message is the useful part
+            example.n_tokens = -1
+            detail = f"the model's chat template refused this example: {exc}"
+            refused.append(Rejected(example.source, example.line, "template_error", detail, raw=example.raw))
+    return refused

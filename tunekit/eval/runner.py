@@ -51,6 +51,12 @@ def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
         rows = rows[: recipe.eval.max_examples]
     examples = []
     for number, row in enumerate(rows, start=1):
+        if "messages" not in row:
+            kind = "preference" if "chosen" in row else "text"
+            raise DataError(
+                f"{path}, line {number}: the test split holds {kind} rows; eval compares chat answers",
+                hint="give a chat-format test file (data.test) for this run",
+            )
         messages = row["messages"]
         if messages[-1]["role"] != "assistant":
             raise DataError(f"{path}, line {number}: the last message must be the assistant's answer to compare against")

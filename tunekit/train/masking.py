@@ -65,6 +65,9 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
 def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> TokenizedChat:
     """Token ids of the whole chat and the assistant-only loss mask, optionally truncated."""
     text, spans = assistant_char_spans(tokenizer, messages)
+    # Assistant turns with `weight: 0` (OpenAI's chat format) are context only: no loss on them.
+    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+    spans = [span for span, weight in zip(spans, weights) if weight != 0]
     # The template already wrote any BOS/special tokens into the text: adding them again would
     # double them.
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

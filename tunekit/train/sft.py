@@ -31,10 +31,30 @@ class TrainResult:
     total_params: int
 
 
+def _row_kind(row: dict) -> str:
+    if "messages" in row:
+        return "chat"
+    return "preference" if "chosen" in row else "text"
+
+
+def require_chat_rows(rows: list[dict], split_name: str) -> None:
+    """SFT learns from conversations; preference pairs and raw text need another method."""
+    other = next((kind for kind in map(_row_kind, rows) if kind != "chat"), None)
+    if other is None:
+        return
+    key = "data.eval" if split_name == "val" else f"data.{split_name}"
+    raise DataError(
+        f"{key} holds {other} rows; train.method sft needs chat rows (messages, sharegpt, alpaca or prompt/completion)",
+        hint="preference pairs are for DPO and raw text for continued pre-training (train.method dpo / cpt, planned); "
+        "for sft, point the recipe at chat data",
+    )
+
+
 def tokenize_split(tokenizer, rows: list[dict], max_length: int, split_name: str):
     """Rows in canonical form → a datasets.Dataset of input_ids + assistant_masks."""
     from datasets import Dataset
 
+    require_chat_rows(rows, split_name)
     records = []
     for row in rows:
         chat = tokenize_chat(tokenizer, row["messages"], max_length=max_length)
@@ -111,10 +131,12 @@ def build_trainer(recipe: Recipe, run: RunPaths, callbacks: list | None = None):
 
     train_file = run.require(run.split("train"), "data prepare")
     val_file = run.split("val")
+    train_rows = read_jsonl(train_file)
+    require_chat_rows(train_rows, "train")  # before any model is loaded
     model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
     tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
     max_length = recipe.data.max_length
-    train_ds = tokenize_split(tokenizer, read_jsonl(train_file), max_length, "train")
+    train_ds = tokenize_split(tokenizer, train_rows, max_length, "train")
     val_rows = read_jsonl(val_file) if val_file.exists() else []
     val_ds = tokenize_split(tokenizer, val_rows, max_length, "val") if val_rows else None
     model = load_model(model_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)

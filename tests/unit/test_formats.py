@@ -1,0 +1,377 @@
+"""Row formats and input types: exact canonical forms, record numbers, reason codes, SFT's refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunekit.config import parse_recipe
+from tunekit.data import prepare_data
+from tunekit.data.validate import read_input
+from tunekit.errors import DataError
+from tunekit.runs import RunPaths, read_jsonl
+
+
+def write_lines(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def make(tmp_path: Path, **data) -> tuple:
+    data.setdefault("train", "train.jsonl")
+    data.setdefault("on_invalid", "quarantine")
+    data.setdefault("val_fraction", 0.0)
+    recipe = parse_recipe({"name": "t", "output_dir": str(tmp_path / "runs"), "data": data}, base_dir=tmp_path)
+    return recipe, RunPaths(recipe.run_dir)
+
+
+def msg(role: str, content: str, **extra) -> dict:
+    return {"role": role, "content": content, **extra}
+
+
+def assert_accounted(report: dict, lines: int, blank: int, kept: int, quarantined: int) -> None:
+    (entry,) = report["files"]
+    assert (entry["lines"], entry["blank"], entry["kept"], entry["quarantined"]) == (lines, blank, kept, quarantined)
+    assert entry["lines"] == entry["blank"] + entry["kept"] + entry["quarantined"]
+    assert report["accounting"]["ok"] is True
+
+
+# --- each format → its canonical form ----------------------------------------------------------
+
+CANONICAL = [
+    (
+        {"messages": [msg("user", "a"), msg("assistant", "b", weight=0), msg("user", "c"), msg("assistant", "d", weight=1)]},
+        {"messages": [msg("user", "a"), msg("assistant", "b", weight=0), msg("user", "c"), msg("assistant", "d", weight=1)]},
+    ),
+    (
+        {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+        {"messages": [msg("system", "S"), msg("user", "hi"), msg("assistant", "yo")]},
+    ),
+    (
+        {"system": "S", "conversations": [{"from": "user", "value": "q1"}, {"from": "assistant", "value": "a1"},
+                                          {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
+        {"messages": [msg("system", "S"), msg("user", "q1"), msg("assistant", "a1"), msg("user", "q2"), msg("assistant", "a2")]},
+    ),
+    (
+        {"instruction": "Sum.", "input": "1 2", "output": "3", "text": "### pre-rendered"},
+        {"messages": [msg("user", "Sum.\n\n1 2"), msg("assistant", "3")]},
+    ),
+    (
+        {"prompt": "Capital of France?", "completion": "Paris.", "system": "Be brief."},
+        {"messages": [msg("system", "Be brief."), msg("user", "Capital of France?"), msg("assistant", "Paris.")]},
+    ),
+    (
+        {"prompt": [msg("user", "q")], "completion": [msg("assistant", "a")]},
+        {"messages": [msg("user", "q"), msg("assistant", "a")]},
+    ),
+    (
+        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."},
+        {"prompt": [msg("user", "Say hi")], "chosen": [msg("assistant", "Hi!")], "rejected": [msg("assistant", "No.")]},
+    ),
+    (
+        {"prompt": [msg("system", "S"), msg("user", "q")], "chosen": [msg("assistant", "good")], "rejected": [msg("assistant", "bad")]},
+        {"prompt": [msg("system", "S"), msg("user", "q")], "chosen": [msg("assistant", "good")], "rejected": [msg("assistant", "bad")]},
+    ),
+    (  # no `prompt`: the turns both answers share are the prompt (TRL's implicit-prompt layout)
+        {"chosen": [msg("user", "q"), msg("assistant", "good")], "rejected": [msg("user", "q"), msg("assistant", "bad")]},
+        {"prompt": [msg("user", "q")], "chosen": [msg("assistant", "good")], "rejected": [msg("assistant", "bad")]},
+    ),
+    ({"text": "Raw corpus text.\nSecond line."}, {"text": "Raw corpus text.\nSecond line."}),
+]
+
+
+@pytest.mark.parametrize(("row", "canonical"), CANONICAL)
+def test_each_format_converts_exactly_to_the_canonical_form(tmp_path, row, canonical):
+    path = write_lines(tmp_path / "train.jsonl", [row])
+    result = read_input("train", path, "train.jsonl", "auto")
+    assert result.rejected == []
+    (example,) = result.examples
+    assert example.to_json() == {**canonical, "meta": {"source": "train.jsonl", "line": 1}}
+
+
+def test_pre_rendered_text_beside_alpaca_fields_is_reported_as_ignored(tmp_path):
+    path = write_lines(tmp_path / "train.jsonl", [CANONICAL[3][0]])
+    result = read_input("train", path, "train.jsonl", "auto")
+    assert result.detected_format == "alpaca" and dict(result.ignored_keys) == {"text": 1}
+
+
+def test_declared_format_reads_a_row_that_would_match_several(tmp_path):
+    row = {"instruction": "x", "output": "y", "text": "raw"}
+    path = write_lines(tmp_path / "train.jsonl", [row])
+    (example,) = read_input("train", path, "train.jsonl", "text").examples
+    assert example.to_json()["text"] == "raw"
+
+
+# --- reason codes ------------------------------------------------------------------------------
+
+SG = "conversations"
+REASONS = [
+    ({"messages": [msg("user", "q"), msg("assistant", "a", weight=2)]}, "bad_weight", "messages[1].weight is 2"),
+    ({"messages": [msg("user", "q"), msg("assistant", "a", weight=True)]}, "bad_weight", "must be 0 or 1"),
+    ({"messages": [msg("user", "q", weight=1), msg("assistant", "a")]}, "bad_weight", "only assistant messages take a weight"),
+    ({"messages": [msg("user", "q"), msg("assistant", "a", weight=0)]}, "bad_weight", "nothing to learn"),
+    ({"prompt": "p", "chosen": "same ", "rejected": " same"}, "chosen_equals_rejected", "the same answer"),
+    ({"chosen": [msg("user", "q"), msg("assistant", "x")], "rejected": [msg("user", "q"), msg("assistant", "x")]},
+     "chosen_equals_rejected", "the same answer"),
+    ({SG: [{"from": "human"}, {"from": "gpt", "value": "a"}]}, "missing_field", "conversations[0] has no `value`"),
+    ({SG: [{"from": "bot", "value": "q"}, {"from": "gpt", "value": "a"}]}, "bad_role", "conversations[0].from is 'bot'"),
+    ({SG: [{"from": "human", "value": "q"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "role_order", "conversations[0] and conversations[1] are both user"),
+    ({SG: [{"from": "human", "value": " "}, {"from": "gpt", "value": "a"}]}, "empty_content", "conversations[0] (user) has empty content"),
+    ({SG: [{"from": "human", "value": 3}, {"from": "gpt", "value": "a"}]}, "non_string_content", "conversations[0].value must be a string"),
+    ({SG: [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "q2"}]},
+     "last_not_assistant", "the last message is user"),
+    ({"prompt": "p", "chosen": "a"}, "missing_field", "preference row has no `rejected`"),
+    ({"prompt": "p", "chosen": [msg("bot", "a")], "rejected": "b"}, "bad_role", "chosen[0].role is 'bot'"),
+    ({"prompt": "p", "chosen": [msg("user", "a")], "rejected": "b"}, "role_order", "chosen[0] is user"),
+    ({"prompt": [msg("user", "q"), msg("assistant", "a")], "chosen": "x", "rejected": "y"}, "role_order", "must end with a user turn"),
+    ({"prompt": "p", "chosen": "", "rejected": "b"}, "empty_content", "`chosen` is empty"),
+    ({"prompt": "p", "chosen": 5, "rejected": "b"}, "non_string_content", "`chosen` must be a string"),
+    ({"prompt": "p", "chosen": [msg("assistant", "a"), msg("user", "more")], "rejected": "b"}, "last_not_assistant", "`chosen` is user"),
+    ({"prompt": "p"}, "missing_field", "has no `completion`"),
+    ({"text": 5}, "non_string_content", "`text` must be a string"),
+    ({"text": ""}, "empty_content", "`text` is empty"),
+    ({"messages": [msg("user", "q"), msg("assistant", "a")], SG: []}, "unknown_format", "several formats"),
+]
+
+
+@pytest.mark.parametrize(("row", "reason", "detail"), REASONS)
+def test_each_problem_gets_its_reason_code(tmp_path, row, reason, detail):
+    path = write_lines(tmp_path / "train.jsonl", ["", row])
+    result = read_input("train", path, "train.jsonl", "auto")
+    (rejected,) = result.rejected
+    assert (rejected.line, rejected.reason, rejected.raw) == (2, reason, json.dumps(row))
+    assert detail in rejected.detail
+    assert result.lines == result.blank + len(result.examples) + len(result.rejected) == 2
+
+
+def test_mixed_formats_name_the_lines_of_each_format(tmp_path):
+    chat = {"messages": [msg("user", "q"), msg("assistant", "a")]}
+    sharegpt = {SG: [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    path = write_lines(tmp_path / "train.jsonl", [chat, sharegpt, chat, {"text": "t"}, "{broken"])
+    with pytest.raises(DataError) as err:
+        read_input("train", path, "train.jsonl", "auto")
+    assert err.value.message == (
+        f"{path} mixes formats: chat `messages` rows on lines 1, 3, ShareGPT `conversations` rows on lines 2 "
+        "and raw `text` rows on lines 4"
+    )
+    array = tmp_path / "train.json"
+    array.write_text(json.dumps([chat, {"prompt": "p", "completion": "c"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"chat `messages` rows on items 1 and `prompt/completion` rows on items 2"):
+        read_input("train", array, "train.json", "auto")
+
+
+# --- input types -------------------------------------------------------------------------------
+
+
+def test_json_array_items_are_numbered_and_bom_crlf_are_handled(tmp_path, smol_tokenizer):
+    good = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(2)]
+    items = [good[0], [1, 2], {"foo": 1}, good[1], {"prompt": "p", "completion": 7}]
+    text = json.dumps(items, indent=2).replace("\n", "\r\n")
+    (tmp_path / "train.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    recipe, run = make(tmp_path, train="train.json")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    quarantined = read_jsonl(run.quarantine)
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(2, "not_an_object"), (3, "unknown_format"), (5, "non_string_content")]
+    assert [q["detail"].split(":")[0] for q in quarantined] == ["item 2 is a JSON list, not an object", "item 3", "item 5"]
+    assert [json.loads(q["raw"]) for q in quarantined] == [items[1], items[2], items[4]]
+    kept = [(r["meta"]["line"], r["messages"][0]["content"]) for r in read_jsonl(run.split("train"))]
+    assert kept == [(1, "question 0"), (4, "question 1")]
+    assert report["files"][0]["input"] == "json" and report["files"][0]["unit"] == "item"
+    assert_accounted(report, lines=5, blank=0, kept=2, quarantined=3)
+
+
+def test_json_file_holding_json_lines_is_read_line_by_line(tmp_path):
+    path = write_lines(tmp_path / "train.json", [{"text": "one"}, "{oops", {"text": "two"}])
+    result = read_input("train", path, "train.json", "auto")
+    assert result.input_type == "jsonl" and [e.line for e in result.examples] == [1, 3]
+    assert [(r.line, r.reason) for r in result.rejected] == [(2, "invalid_json")]
+
+
+def test_broken_json_array_is_one_clear_error(tmp_path):
+    (tmp_path / "train.json").write_text('[{"text": "a"},\n {"text": }]', encoding="utf-8")
+    with pytest.raises(DataError, match=r"not a valid JSON array: Expecting value at line 2 column 11"):
+        read_input("train", tmp_path / "train.json", "train.json", "auto")
+
+
+def test_csv_records_are_numbered_by_the_line_they_start_on(tmp_path, smol_tokenizer):
+    data = (
+        "\ufeffinstruction,input,output\r\n"  # line 1: header
+        "Say hi,,hi\r\n"  # 2
+        '"Two\nlines",x,y\r\n'  # 3-4: one record over two lines
+        "\r\n"  # 5: blank
+        "Count,,\r\n"  # 6: empty output
+        "only,two\r\n"  # 7: too few fields
+        "Last,,done\r\n"  # 8
+    )
+    (tmp_path / "train.csv").write_bytes(data.encode("utf-8"))
+    recipe, run = make(tmp_path, train="train.csv")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    rows = read_jsonl(run.split("train"))
+    assert [(r["meta"]["line"], r["messages"][0]["content"]) for r in rows] == [(2, "Say hi"), (3, "Two\nlines\n\nx"), (8, "Last")]
+    quarantined = read_jsonl(run.quarantine)
+    assert [(q["line"], q["reason"]) for q in quarantined] == [(6, "empty_content"), (7, "invalid_csv")]
+    assert quarantined[0]["raw"] == json.dumps({"instruction": "Count", "input": "", "output": ""})
+    assert quarantined[1]["detail"] == "line 7 has 2 fields; the header has 3"
+    assert report["files"][0]["input"] == "csv"
+    assert_accounted(report, lines=6, blank=1, kept=3, quarantined=2)
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "expected"),
+    [
+        ("prompt,completion\nWhat is 2+2?,4\n", {"messages": [msg("user", "What is 2+2?"), msg("assistant", "4")]}),
+        ('text\n"Plain, text."\n', {"text": "Plain, text."}),
+        (
+            "messages\n" + '"' + json.dumps([msg("user", "q"), msg("assistant", "a")]).replace('"', '""') + '"\n',
+            {"messages": [msg("user", "q"), msg("assistant", "a")]},
+        ),
+        ("prompt,chosen,rejected\n[not json,yes,no\n",
+         {"prompt": [msg("user", "[not json")], "chosen": [msg("assistant", "yes")], "rejected": [msg("assistant", "no")]}),
+    ],
+)
+def test_csv_columns_map_to_the_formats(tmp_path, csv_text, expected):
+    (tmp_path / "t.csv").write_text(csv_text, encoding="utf-8")
+    (example,) = read_input("train", tmp_path / "t.csv", "t.csv", "auto").examples
+    assert example.payload == expected and example.line == 2
+
+
+def test_csv_messages_column_with_bad_json_is_quarantined(tmp_path):
+    (tmp_path / "t.csv").write_text('messages\n"[{oops"\n', encoding="utf-8")
+    result = read_input("train", tmp_path / "t.csv", "t.csv", "auto")
+    assert [(r.line, r.reason) for r in result.rejected] == [(2, "invalid_json")]
+    assert "`messages` column is not valid JSON" in result.rejected[0].detail
+
+
+def test_parquet_rows_are_numbered_and_missing_nested_keys_do_not_appear(tmp_path, smol_tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"messages": [msg("user", "q0"), msg("assistant", "a0", weight=1)]},
+        {"messages": [msg("user", "q1"), msg("robot", "a1")]},
+        {"messages": [msg("user", "q2"), msg("assistant", "a2")]},  # no weight: the column gives None
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    recipe, run = make(tmp_path, train="train.parquet")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    assert [r["messages"] for r in read_jsonl(run.split("train"))] == [rows[0]["messages"], rows[2]["messages"]]
+    (bad,) = read_jsonl(run.quarantine)
+    assert (bad["line"], bad["reason"]) == (2, "bad_role") and bad["detail"].startswith("row 2: messages[1].role is 'robot'")
+    assert json.loads(bad["raw"])["messages"][1] == {"role": "robot", "content": "a1", "weight": None}
+    assert report["files"][0]["input"] == "parquet"
+    assert_accounted(report, lines=3, blank=0, kept=2, quarantined=1)
+
+
+def test_saved_hf_dataset_dir_is_read_row_by_row(tmp_path, smol_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    rows = [
+        {"instruction": "Say a", "input": None, "output": "a"},
+        {"instruction": "Say b", "input": "now", "output": ""},
+        {"instruction": "Say c", "input": "", "output": "c"},
+    ]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    recipe, run = make(tmp_path, train="saved")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    assert [(r["meta"]["line"], r["messages"]) for r in read_jsonl(run.split("train"))] == [
+        (1, [msg("user", "Say a"), msg("assistant", "a")]),
+        (3, [msg("user", "Say c"), msg("assistant", "c")]),
+    ]
+    (bad,) = read_jsonl(run.quarantine)
+    assert (bad["line"], bad["reason"], bad["detail"]) == (2, "empty_content", "row 2: `output` is empty")
+    assert report["files"][0]["input"] == "hf_dataset" and len(report["files"][0]["sha256"]) == 64
+    assert_accounted(report, lines=3, blank=0, kept=2, quarantined=1)
+
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(DataError, match=r"saved DatasetDict with splits train; name one split"):
+        read_input("train", tmp_path / "dict", "dict", "auto")
+
+
+def test_hub_ids_are_not_downloaded_and_the_error_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="file not found") as err:
+        read_input("train", tmp_path / "HuggingFaceH4" / "ultrachat", "ultrachat", "auto")
+    assert "save_to_disk" in err.value.hint
+
+
+# --- preference and text rows through prepare, and into training ---------------------------------
+
+
+def test_prepare_writes_canonical_preference_rows_with_pair_lengths(tmp_path, smol_tokenizer):
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": "Bad" + " bad" * i} for i in range(3)]
+    write_lines(tmp_path / "train.jsonl", [*rows, rows[0]])
+    recipe, run = make(tmp_path, system_prompt="Be kind.")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    system = msg("system", "Be kind.")
+    assert read_jsonl(run.split("train")) == [
+        {"prompt": [system, msg("user", r["prompt"])], "chosen": [msg("assistant", r["chosen"])],
+         "rejected": [msg("assistant", r["rejected"])], "meta": {"source": "train.jsonl", "line": i + 1}}
+        for i, r in enumerate(rows)
+    ]
+    assert [(q["line"], q["reason"]) for q in read_jsonl(run.quarantine)] == [(4, "duplicate")]
+
+    def pair_length(row: dict) -> int:
+        prompt = [system, msg("user", row["prompt"])]
+        return max(
+            len(smol_tokenizer.apply_chat_template(prompt + [msg("assistant", row[side])], tokenize=True, return_dict=False))
+            for side in ("chosen", "rejected")
+        )
+
+    lengths = sorted(pair_length(r) for r in rows)
+    tokens = report["splits"]["train"]["tokens"]
+    assert (tokens["min"], tokens["max"]) == (lengths[0], lengths[-1])
+    assert report["format"]["detected"] == {"train.jsonl": "preference"}
+    assert_accounted(report, lines=4, blank=0, kept=3, quarantined=1)
+
+
+def test_prepare_writes_text_rows_without_a_system_prompt(tmp_path, smol_tokenizer):
+    texts = ["The first document.", "A second, longer document about tokenizers."]
+    write_lines(tmp_path / "train.jsonl", [{"text": t} for t in texts] + ["", {"text": "  "}])
+    recipe, run = make(tmp_path, system_prompt="Ignored for text.")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    assert read_jsonl(run.split("train")) == [
+        {"text": t, "meta": {"source": "train.jsonl", "line": i + 1}} for i, t in enumerate(texts)
+    ]
+    lengths = sorted(len(smol_tokenizer(t)["input_ids"]) for t in texts)
+    assert (report["splits"]["train"]["tokens"]["min"], report["splits"]["train"]["tokens"]["max"]) == tuple(lengths)
+    assert [(q["line"], q["reason"]) for q in read_jsonl(run.quarantine)] == [(4, "empty_content")]
+    assert_accounted(report, lines=4, blank=1, kept=2, quarantined=1)
+
+
+def test_sft_refuses_a_preference_train_split(tmp_path, smol_tokenizer):
+    from tunekit.train.sft import build_trainer
+
+    write_lines(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(2)])
+    recipe, run = make(tmp_path)
+    prepare_data(recipe, run, smol_tokenizer)
+    with pytest.raises(DataError) as err:
+        build_trainer(recipe, run)
+    assert err.value.message == (
+        "data.train holds preference rows; train.method sft needs chat rows (messages, sharegpt, alpaca or prompt/completion)"
+    )
+    assert "dpo" in err.value.hint and "cpt" in err.value.hint
+
+
+def test_weight_zero_assistant_turns_get_no_loss(smol_tokenizer):
+    from tunekit.train.masking import tokenize_chat
+
+    messages = [msg("user", "Hi"), msg("assistant", "Hello.", weight=0), msg("user", "Bye"), msg("assistant", "Goodbye.", weight=1)]
+    weighted = tokenize_chat(smol_tokenizer, messages)
+    plain = tokenize_chat(smol_tokenizer, [{"role": m["role"], "content": m["content"]} for m in messages])
+
+    assert weighted.input_ids == plain.input_ids
+    trained = [i for i, m in zip(weighted.input_ids, weighted.assistant_masks) if m]
+    assert smol_tokenizer.decode(trained) == "Goodbye.<|im_end|>"
+    # Exactly the first reply's tokens are switched off; the second keeps the same mask.
+    switched_off = [p - w for p, w in zip(plain.assistant_masks, weighted.assistant_masks)]
+    assert smol_tokenizer.decode([i for i, d in zip(plain.input_ids, switched_off) if d]) == "Hello.<|im_end|>"
+    assert min(switched_off) == 0
