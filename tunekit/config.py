@@ -51,12 +51,14 @@ class ConsistencyRule(_Section):
     name: str = Field(description="Name shown in the report.")
     regex: str | None = Field(None, description="Every assistant reply must match this regex (re.search).")
     ends_with: str | None = Field(None, description="Every assistant reply must end with this text.")
-    json: bool = Field(False, description="Every assistant reply must parse as JSON.")
+    # Written `json:` in recipes; named otherwise here because `json` shadows a BaseModel method.
+    parses_as_json: bool = Field(False, alias="json", description="Every assistant reply must parse as JSON.")
     json_schema: Path | None = Field(None, description="Every assistant reply must validate against this JSON schema file.")
 
     @model_validator(mode="after")
     def _one_check(self) -> "ConsistencyRule":
-        given = [k for k in ("regex", "ends_with", "json_schema") if getattr(self, k) is not None] + (["json"] if self.json else [])
+        given = [k for k in ("regex", "ends_with", "json_schema") if getattr(self, k) is not None]
+        given += ["json"] if self.parses_as_json else []
         if len(given) != 1:
             raise ValueError("a rule needs exactly one of regex, ends_with, json: true, json_schema")
         return self
@@ -217,7 +219,7 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         """The resolved recipe, every default filled in, the run name fixed, paths absolute."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
         data["name"] = self.run_name
         return yaml.safe_dump(data, sort_keys=False)
 

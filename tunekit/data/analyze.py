@@ -174,7 +174,7 @@ def _rule_check(rule: ConsistencyRule) -> _RuleCheck:
         suffix = rule.ends_with
         # Trailing whitespace is not part of a reply's meaning; "ends with the disclaimer" ignores it.
         return _RuleCheck(rule, "ends_with", lambda reply: None if reply.rstrip().endswith(suffix.rstrip()) else f"does not end with {suffix!r}")
-    if rule.json:
+    if rule.parses_as_json:
         return _RuleCheck(rule, "json", lambda reply: _parse_json(reply)[1])
     validator = _load_schema(rule)
 
@@ -284,6 +284,14 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         more = " ..." if rule["failed"] > 5 else ""
         text = f"rule '{rule['name']}' ({rule['kind']}): {rule['passed']}/{rule['checked']} pass"
         lines.append(("yellow" if rule["failed"] else "", text + (f"; failing: {failing}{more}" if rule["failed"] else "")))
+    if diversity := analysis.get("diversity"):
+        detail = (
+            f" ({diversity['clusters']} clusters, largest {diversity['largest_cluster_share']:.0%})"
+            if diversity.get("clusters")
+            else ""
+        )
+        risks = f": {'; '.join(diversity['risks'])}" if diversity.get("risks") else ""
+        lines.append(("" if diversity["verdict"] == "GOOD" else "yellow", f"diversity: {diversity['verdict']}{detail}{risks}"))
     for warning in analysis.get("warnings", []):
         if not warning.startswith("rule '"):  # rules have their own line above
             lines.append(("yellow", f"warning: {warning}"))

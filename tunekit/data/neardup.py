@@ -9,6 +9,8 @@ order within a file), so the first occurrence is kept and held-out rows are neve
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +73,16 @@ def leak_key(messages: Any) -> tuple:
     return tuple(s.strip() for s in content_strings(messages))
 
 
+_WORD = re.compile(r"\w+")
+
+
 def shingles(text: str, size: int) -> list[str]:
-    """Word n-grams of `text`; a text shorter than one shingle is a single shingle."""
-    words = text.split()
+    """Word n-grams of `text`; a text shorter than one shingle is a single shingle.
+
+    Words are runs of letters and digits: punctuation and spacing around it ("X1?" vs "X1 ?")
+    must not make two copies of a row look different.
+    """
+    words = _WORD.findall(text)
     if len(words) <= size:
         return [" ".join(words)]
     return list(map(" ".join, zip(*(words[i:] for i in range(size)))))
