@@ -121,3 +121,15 @@ def test_broken_jsonl_lines_stop_with_file_and_line(tmp_path, tiny_model_dir):
     assert "Traceback" not in result.stderr
     assert "train.jsonl:2: invalid_json" in result.stderr and "train.jsonl:4: invalid_json" in result.stderr
     assert "data.on_invalid: quarantine" in result.stderr
+
+
+def test_strict_prepare_fails_on_any_removed_row(tmp_path, tiny_model_dir):
+    row = {"messages": [{"role": "user", "content": "a b c d"}, {"role": "assistant", "content": "e"}]}
+    other = {"messages": [{"role": "user", "content": "x y z w"}, {"role": "assistant", "content": "v"}]}
+    write_jsonl(tmp_path / "train.jsonl", [row, other, row])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"base_model: {tiny_model_dir}\ndata:\n  train: train.jsonl\n")
+    assert tunekit("data", "prepare", str(recipe)).returncode == 0
+    result = tunekit("data", "prepare", str(recipe), "--strict")
+    assert result.returncode == 1
+    assert "--strict: 1 row(s) were removed (duplicate: 1)" in result.stderr
