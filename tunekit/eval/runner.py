@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunekit.config import Recipe
 from tunekit.console import console
+from tunekit.data.formats import with_system_prompt
 from tunekit.errors import DataError
 from tunekit.eval import metrics as M
 from tunekit.eval.report import build_report, print_table
@@ -60,10 +61,8 @@ def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
         messages = row["messages"]
         if messages[-1]["role"] != "assistant":
             raise DataError(f"{path}, line {number}: the last message must be the assistant's answer to compare against")
-        prompt = messages[:-1]
-        if recipe.data.system_prompt and (not prompt or prompt[0]["role"] != "system"):
-            # Same rule as data preparation: the recipe's system prompt fills in where a chat has none.
-            prompt = [{"role": "system", "content": recipe.data.system_prompt}, *prompt]
+        # Same rule as data preparation: the recipe's system prompt fills in where a chat has none.
+        prompt = with_system_prompt(messages[:-1], recipe.data.system_prompt)
         examples.append(Example(prompt=prompt, reference=messages[-1]["content"], meta=row.get("meta", {"line": number})))
     return examples
 

@@ -12,6 +12,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunekit.data.formats import with_system_prompt
 from tunekit.runs import RunPaths, read_jsonl
 
 # float32 merging reorders a few float operations (W x + s B A x  vs  (W + s B A) x): logits move by
@@ -48,10 +49,8 @@ def parity_prompts(run: RunPaths, system_prompt: str | None = None, count: int =
             break
     else:
         prompts = [[{"role": "user", "content": text}] for text in FALLBACK_PROMPTS[:count]]
-    if system_prompt:
-        # Same rule as data preparation and eval: the recipe's system prompt fills in where a chat has none.
-        prompts = [p if p[0]["role"] == "system" else [{"role": "system", "content": system_prompt}, *p] for p in prompts]
-    return prompts
+    # Same rule as data preparation and eval: the recipe's system prompt fills in where a chat has none.
+    return [with_system_prompt(p, system_prompt) for p in prompts]
 
 
 @dataclass
