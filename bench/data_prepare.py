@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import append_record  # bench/ is on sys.path when a script here runs
 from tunekit.config import parse_recipe
 from tunekit.data.clean import apply_length_policy, deduplicate, measure_tokens
 from tunekit.data.neardup import near_deduplicate
@@ -178,10 +179,7 @@ def main() -> None:
     near_r = result["near"]
     print(f"near-dup recall {near_r['recall']}, precision {near_r['precision']}; MinHash {result['minhash_docs_per_s']} docs/s; "
           f"stages {result['stage_total_seconds']} s", file=sys.stderr)  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=2))
+    append_record(RESULTS, record)
 
 
 if __name__ == "__main__":

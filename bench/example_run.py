@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import append_record  # bench/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ticket_triage.jsonl"
 
@@ -54,10 +56,7 @@ def main() -> None:
             "packages": package_versions(),
             "date": time.strftime("%Y-%m-%d"),
         }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=2))
+    append_record(RESULTS, record)
 
 
 if __name__ == "__main__":

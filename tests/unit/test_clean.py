@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
 import pytest
 
-from tunekit.config import CleanConfig, parse_recipe
+from tunekit.config import CleanConfig
 from tunekit.data import prepare_data
 from tunekit.data.neardup import lsh_bands, row_text, shingles, signatures
 from tunekit.data.normalize import map_strings, normalize_rows, normalize_unicode, normalize_whitespace, text_normalizer
+from tests.unit.data_helpers import make_recipe as make, write_lines
 from tunekit.runs import RunPaths, read_jsonl
 
 WORDS = (
@@ -20,11 +20,6 @@ WORDS = (
     "romeo sierra tango uniform victor whiskey xray yankee zulu amber basil cedar dune ember fern grove heath "
     "iris jade kelp lark moss nettle olive pine quartz reed sage thyme umber vine willow yarrow zinnia"
 ).split()
-
-
-def write_lines(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def chat(user: str, assistant: str, system: str | None = None) -> dict:
@@ -46,14 +41,6 @@ def edited(row: dict, position: int = 20, word: str = "CHANGED") -> dict:
     words = row["messages"][0]["content"].split()
     words[position] = word
     return chat(" ".join(words), row["messages"][1]["content"])
-
-
-def make(tmp_path: Path, **data) -> tuple:
-    data.setdefault("train", "train.jsonl")
-    data.setdefault("on_invalid", "quarantine")
-    data.setdefault("val_fraction", 0.0)
-    recipe = parse_recipe({"name": "t", "output_dir": str(tmp_path / "runs"), "data": data}, base_dir=tmp_path)
-    return recipe, RunPaths(recipe.run_dir)
 
 
 def quarantined(run: RunPaths) -> list[tuple]:

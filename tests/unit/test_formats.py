@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
-from tunekit.config import parse_recipe
 from tunekit.data import prepare_data
 from tunekit.data.validate import read_input
 from tunekit.errors import DataError
-from tunekit.runs import RunPaths, read_jsonl
-
-
-def write_lines(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def make(tmp_path: Path, **data) -> tuple:
-    data.setdefault("train", "train.jsonl")
-    data.setdefault("on_invalid", "quarantine")
-    data.setdefault("val_fraction", 0.0)
-    recipe = parse_recipe({"name": "t", "output_dir": str(tmp_path / "runs"), "data": data}, base_dir=tmp_path)
-    return recipe, RunPaths(recipe.run_dir)
+from tests.unit.data_helpers import make_recipe as make, write_lines
+from tunekit.runs import read_jsonl
 
 
 def msg(role: str, content: str, **extra) -> dict:

@@ -64,7 +64,7 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d
 _SSN = re.compile(r"\d(?<![\w-]\d)\d\d(?P<sep>[- ])\d{2}(?P=sep)\d{4}(?![\w-]|[.,]\d)", _A)
 _SSN_LABELLED = re.compile(r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\s*(?:#|:|is)?\s*(?P<value>(?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})\b", _A)
 
-# Phones: international (+CC ...), US (NXX) NXX-XXXX, European domestic (0...), and bare digit
+# Phones: international (+CC ...), US (area code) 555-0134 style, European domestic (0...), and bare digit
 # runs only when a word like "phone" or "call" stands right before them.
 _PHONE_START = r"(?<![\w#$€£¥.,/:-])"
 _PHONE_END = r"(?![\w/]|[.,:-]\d)"
