@@ -8,6 +8,10 @@ precision against the planted truth, then times `prepare_data` end to end. Appen
 object per run to bench/results/data_prepare.jsonl.
 
     TUNEKIT_HOME=/tmp/tkhome python bench/data_prepare.py --rows 100000
+
+With `--memory 100000 300000` it instead measures the peak resident memory of `prepare_data`
+for each size, each in a fresh process (ru_maxrss), and the memory per input row above the
+process's footprint before the data stage started (tokenizer and libraries loaded).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import argparse
 import json
 import os
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,7 +121,7 @@ def run_stages(path: Path, recipe, tokenizer, exact: set[int], near: set[int]) -
     _timed(stages, "token_lengths", len(examples), lambda: measure_tokens(examples, tokenizer))
     examples, _ = apply_length_policy(examples, data.max_length, data.over_length)
     kept, exact_removed = _timed(stages, "exact_dedup", len(examples), lambda: deduplicate(examples, True))
-    kept2, near_removed, _, near_stats = _timed(stages, "minhash_dedup", len(kept), lambda: near_deduplicate(kept, data.clean, True, True, []))
+    kept2, near_removed, near_stats = _timed(stages, "minhash_dedup", len(kept), lambda: near_deduplicate(kept, data.clean, True, True, []))
     splits = _timed(stages, "split", len(kept2), lambda: split_train(kept2, data.val_fraction, data.test_fraction, data.seed))
     _timed(stages, "token_stats", len(kept2), lambda: {k: token_stats(v, data.max_length) for k, v in splits.items()})
 
@@ -141,13 +147,66 @@ def run_stages(path: Path, recipe, tokenizer, exact: set[int], near: set[int]) -
     }
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def peak_memory_child(path: Path, output_dir: Path) -> None:
+    """Run prepare_data once in this (fresh) process and print its memory figures as JSON."""
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    recipe = parse_recipe({"name": "bench", "output_dir": str(output_dir),
+                           "data": {"train": str(path), "max_length": 2048, "on_invalid": "quarantine"}})  # fmt: skip
+    before = _peak_rss_mb()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    report = prepare_data(recipe, RunPaths(recipe.run_dir), tokenizer)
+    print(json.dumps({"rss_before_prepare_mb": round(before, 1), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                      "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                      "accounting_ok": report["accounting"]["ok"], "kept_rows": report["accounting"]["kept_rows"]}))  # fmt: skip
+
+
+def measure_memory(sizes: list[int], seed: int, note: str) -> None:
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    for n_rows in sizes:
+        rows, _, _ = synthetic_rows(n_rows, seed, tokenizer)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "train.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            del rows
+            load_before = os.getloadavg()
+            child = [sys.executable, __file__, "--peak-memory-child", str(path), str(Path(tmp) / "runs")]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            figures = json.loads(out.strip().splitlines()[-1])
+            above = figures["peak_rss_mb"] - figures["rss_before_prepare_mb"]
+            append_record(RESULTS, {
+                "workload": "data_prepare peak memory (synthetic chat)",
+                "rows": n_rows,
+                "seed": seed,
+                "file_mb": round(path.stat().st_size / 2**20, 1),
+                **figures,
+                "peak_above_start_mb": round(above, 1),
+                "bytes_per_row_above_start": round(above * 2**20 / n_rows),
+                "load_avg_before": [round(x, 2) for x in load_before],
+                "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+                "note": note,
+                "hardware": hardware(),
+            })  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows to generate")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end prepare_data timing")
     parser.add_argument("--note", default="", help="free text stored with the result (e.g. machine load)")
+    parser.add_argument("--memory", type=int, nargs="+", metavar="ROWS", help="measure peak memory of prepare_data at these sizes")
+    parser.add_argument("--peak-memory-child", nargs=2, metavar=("JSONL", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_memory_child:
+        peak_memory_child(*map(Path, args.peak_memory_child))
+        return
+    if args.memory:
+        measure_memory(args.memory, args.seed, args.note)
+        return
 
     tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
     rows, exact, near = synthetic_rows(args.rows, args.seed, tokenizer)

@@ -17,9 +17,11 @@ def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one's directory unless asked to replace it."""
     if run.root.exists() and any(run.root.iterdir()):
         if not overwrite:
+            resumable = run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.glob("checkpoint-*"))
             raise RunDirError(
-                f"run directory {run.root} already holds a run",
-                hint="pass --overwrite to replace it, or give this run another `name`",
+                f"run directory {run.root} already holds a run" + (" with training checkpoints" if resumable else ""),
+                hint=("pass --resume to continue it from its newest checkpoint, " if resumable else "")
+                + "pass --overwrite to replace it, or give this run another `name`",
             )
         shutil.rmtree(run.root)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -45,16 +47,30 @@ def prepare_stage(recipe: Recipe, run: RunPaths) -> dict:
     return report
 
 
-def run_pipeline(recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STAGES, overwrite: bool = False) -> dict:
-    """Run the named stages in lifecycle order; return each stage's result and wall time."""
-    from tunekit.eval import run_eval
-    from tunekit.export import run_export
-    from tunekit.train import run_sft
+def run_pipeline(
+    recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STAGES, overwrite: bool = False, resume: bool = False
+) -> dict:
+    """Run the named stages in lifecycle order; return each stage's result and wall time.
 
-    claim_run_dir(run, overwrite)
+    `resume` continues an interrupted run in place: data already prepared is kept, training goes
+    on from the newest checkpoint, and the later stages run as usual.
+    """
+    from tunekit.eval import run_eval
+    from tunekit.export import check_export_requirements, run_export
+    from tunekit.train import run_training
+
+    if "export" in stages:
+        check_export_requirements(recipe)  # a missing GGUF extra must not surface only after training
+    if resume:
+        if overwrite:
+            raise RunDirError("--resume and --overwrite contradict each other", hint="pass one of them")
+        if run.split("train").exists():
+            stages = tuple(s for s in stages if s != "prepare")
+    else:
+        claim_run_dir(run, overwrite)
     actions = {
         "prepare": lambda: prepare_stage(recipe, run),
-        "train": lambda: run_sft(recipe, run),
+        "train": lambda: run_training(recipe, run, resume=resume),
         "eval": lambda: run_eval(recipe, run),
         "export": lambda: run_export(recipe, run),
     }
@@ -67,4 +83,10 @@ def run_pipeline(recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STA
         results[stage] = actions[stage]()
         results["timings_s"][stage] = round(time.perf_counter() - t0, 1)
     results["timings_s"]["total"] = round(sum(results["timings_s"].values()), 1)
+    if "eval" in results and "export" in results:
+        # The run ends with the eval report and gate verdict (a failed gate already stopped it, exit 1).
+        from tunekit.eval.report import print_report
+
+        console.rule("[bold]eval report")
+        print_report(results["eval"])
     return results

@@ -42,6 +42,21 @@ class RunPaths:
         return self.root / "adapter"
 
     @property
+    def model_dir(self) -> Path:
+        """Full fine-tuning's complete model (safetensors + tokenizer); such a run has no adapter/."""
+        return self.root / "model"
+
+    @property
+    def mixed_train(self) -> Path:
+        """The training rows after general data was mixed in (train.mix), as trained on."""
+        return self.data_dir / "train_mixed.jsonl"
+
+    @property
+    def mix_quarantine(self) -> Path:
+        """Rows of the train.mix file that could not be used, with the reason."""
+        return self.data_dir / "mix_quarantine.jsonl"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.root / "checkpoints"
 

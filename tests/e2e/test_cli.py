@@ -18,7 +18,9 @@ COMMANDS = [
     ["validate"],
     ["data"],
     ["data", "prepare"],
+    ["data", "preview"],
     ["train"],
+    ["estimate"],
     ["eval"],
     ["export"],
     ["serve"],
@@ -39,6 +41,17 @@ def test_help_works_for_every_command(command):
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_registering_the_commands_imports_no_ml_library():
+    """`tunekit --help` stays instant: torch/transformers load only when a command runs."""
+    code = (
+        "import sys; from tunekit.cli.main import _register; _register(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
 
 
 def test_recipe_typo_is_one_clear_message_and_exit_1(tmp_path):

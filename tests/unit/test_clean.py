@@ -10,7 +10,8 @@ import pytest
 
 from tunekit.config import CleanConfig
 from tunekit.data import prepare_data
-from tunekit.data.neardup import lsh_bands, row_text, shingles, signatures
+from tunekit.data.minhash import jaccard, lsh_bands, shingle_hashes, signatures
+from tunekit.data.neardup import row_text
 from tunekit.data.normalize import map_strings, normalize_rows, normalize_unicode, normalize_whitespace, text_normalizer
 from tests.unit.data_helpers import make_recipe as make, write_lines
 from tunekit.runs import RunPaths, read_jsonl
@@ -115,9 +116,24 @@ def test_exact_dedup_runs_on_normalised_text(tmp_path, smol_tokenizer):
 # --- near duplicates ------------------------------------------------------------------------
 
 
+def _shingles(text: str, size: int = 3) -> list[int]:
+    flat, offsets = shingle_hashes([text], size)
+    assert offsets.tolist() == [0, len(flat)]
+    return flat.tolist()
+
+
 def test_shingles_and_bands():
-    assert shingles("a b c d", 3) == ["a b c", "b c d"]
-    assert shingles("a b", 3) == ["a b"]
+    # Word 3-grams: 4 words give 2 shingles, and the n-gram "b c d" hashes the same in any text.
+    assert len(_shingles("a b c d")) == 2 and _shingles("a b c d")[1] == _shingles("b c d")[0]
+    assert len(_shingles("a b")) == 1 and _shingles("a b") != _shingles("a")  # short texts: one shingle
+    # Punctuation and spacing do not matter; a Unicode space splits words like an ASCII one.
+    assert _shingles("x1? y, z") == _shingles("x1 ? y z") == _shingles("x1\u00a0y\tz")
+    assert _shingles("") == _shingles("?!") and len(_shingles("")) == 1
+    # Words longer than one 8-byte load are hashed whole; texts never run into each other.
+    assert _shingles("abcdefghijklmnopq r s") != _shingles("abcdefghijklmnopX r s")
+    flat, offsets = shingle_hashes(["a b c", "", "d e f g", "h"], 3)
+    assert offsets.tolist() == [0, 1, 2, 4, 5]
+    assert flat[2:4].tolist() == _shingles("d e f g") and flat[0] == _shingles("a b c")[0]
     assert lsh_bands(128, 0.7) == 32  # 4 rows per band: a pair at 0.7 is proposed with p > 0.99
     assert row_text(chat("Q", "A", system="SYS")["messages"]) == "q\na"
 
@@ -235,8 +251,15 @@ def test_signatures_estimate_planted_similarity():
     clean = CleanConfig()
     base = distinct(11)
     texts = [row_text(r["messages"]) for r in (base, edited(base), distinct(12))]
-    a, b, c = signatures(texts, clean)
-    assert a.jaccard(b) >= 0.8 and a.jaccard(c) < 0.2
+    a, b, c = signatures(texts, clean.shingle_size, clean.minhash_permutations)
+    assert jaccard(a, b) >= 0.8 and jaccard(a, c) < 0.2
+    # The same texts give the same signatures in another process (no per-process hash seed).
+    import subprocess
+    import sys
+
+    code = "import sys; from tunekit.data.minhash import signatures; print(signatures([sys.argv[1]], 3, 128)[0].tolist())"
+    out = subprocess.run([sys.executable, "-c", code, texts[0]], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(a.tolist())
 
 
 def test_batched_token_lengths_equal_apply_chat_template(smol_tokenizer):
@@ -257,3 +280,33 @@ def test_leakage_summary_lines(tmp_path, smol_tokenizer):
         "leakage train->external:ext.jsonl: 1 exact, 1 near-duplicate row(s) removed from training",
         "leakage train->test: 1 exact, 1 near-duplicate row(s) removed from training",
     ]
+
+
+def test_candidates_are_the_rows_sharing_a_band_bucket():
+    import numpy as np
+
+    from tunekit.data.minhash import Candidates, shingle_hashes, signature_rows
+
+    texts = [row_text(distinct(i)["messages"]) for i in range(60)]
+    texts += [row_text(edited(distinct(i), position=i % 40)["messages"]) for i in range(0, 60, 3)]
+    signatures_all = signature_rows(*shingle_hashes(texts, 3), 128)
+    shared = np.zeros(len(texts), dtype=bool)
+    for band in range(32):  # 128 permutations at threshold 0.7: 32 bands of 4 rows
+        values = [tuple(row) for row in signatures_all[:, band * 4 : band * 4 + 4]]
+        shared |= np.array([values.count(v) > 1 for v in values])
+    found = Candidates(texts.__getitem__, len(texts), 3, 128, 0.7)
+    assert found.rows.tolist() == np.flatnonzero(shared).tolist() and len(found.rows) >= 40
+    # Each edited copy (rows 60..79) matches its original (rows 0, 3, 6, ...), nothing else.
+    matched = {int(found.rows[j]): [int(found.rows[k]) for k, _ in p] for j, p in found.matches()}
+    assert matched == {60 + i: [3 * i] for i in range(20)}
+
+
+def test_huge_buckets_are_capped():
+    from tunekit.data.minhash import MAX_CANDIDATES, Candidates
+
+    texts = ["the same templated row"] * (MAX_CANDIDATES + 50)
+    found = Candidates(texts.__getitem__, len(texts), 3, 128, 0.7)
+    pairs = dict(found.matches())
+    assert found.capped == 49  # rows 201..249 have more than MAX_CANDIDATES earlier copies
+    assert [k for k, _ in pairs[MAX_CANDIDATES + 49]] == list(range(MAX_CANDIDATES))
+    assert len(pairs[5]) == 5 and all(sim == 1.0 for _, sim in pairs[5])

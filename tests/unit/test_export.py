@@ -28,7 +28,9 @@ def _chat(user: str, answer: str = '{"category": "shipping"}') -> dict:
     return {"messages": messages, "meta": {"source": "train.jsonl", "line": 1}}
 
 
-def make_run(root: Path, model_dir: Path, *, target_modules="all-linear", seed: int = 1, overrides=None, test_split=True):
+def make_run(
+    root: Path, model_dir: Path, *, target_modules="all-linear", seed: int = 1, overrides=None, test_split=True, use_dora=False
+):
     """A run directory as training leaves it: resolved recipe, prepared splits, adapter + tokenizer."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,7 +49,9 @@ def make_run(root: Path, model_dir: Path, *, target_modules="all-linear", seed: 
         write_jsonl(run.split("test"), [_chat(p) for p in PROMPTS[:3]])
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=target_modules, init_lora_weights=False)
+    config = LoraConfig(
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=target_modules, init_lora_weights=False, use_dora=use_dora
+    )
     get_peft_model(model, config).save_pretrained(run.adapter_dir)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(run.adapter_dir)
     return recipe, run
@@ -265,10 +269,39 @@ def test_cli_export_prints_paths_and_parity(tmp_path, tiny_model_dir):
     app = typer.Typer()
     register(app)
     app.command("noop", hidden=True)(lambda: None)  # keeps `export` a named sub-command
-    result = CliRunner().invoke(app, ["export", str(run.root), "--set", "export.merged=false"])
+    result = CliRunner().invoke(app, ["export", str(run.root), "--set", "export.formats=[]"])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert str(run.export_dir / "adapter") in output and "adapter_model.safetensors" in output
     assert "parity: skipped (no merged model written)" in output
     help_text = CliRunner().invoke(app, ["export", "--help"])
     assert help_text.exit_code == 0 and "--set" in help_text.output
+
+
+def test_dora_adapter_merges_exactly(tmp_path, tiny_model_dir):
+    """DoRA's magnitude vectors are folded in too: the merged model computes base + DoRA adapter."""
+    recipe, run = make_run(tmp_path, tiny_model_dir, use_dora=True, overrides=["export.adapter=false", "eval.max_new_tokens=8"])
+    assert json.loads((run.adapter_dir / "adapter_config.json").read_text())["use_dora"] is True
+    report = run_export(recipe, run)
+    parity = report["parity"]
+    assert parity["passed"] is True and parity["identical"] == 3 and parity["max_abs_logit_diff"] < 1e-3
+    merged = load_file(run.merged_dir / "model.safetensors")
+    assert not any("lora" in k or "magnitude" in k for k in merged)
+
+
+def test_full_fine_tune_run_exports_its_model(tmp_path, tiny_model_dir):
+    """A run with `model/` (full fine-tune) instead of `adapter/`: the merged model is that model."""
+    import shutil
+
+    recipe, run = make_run(tmp_path, tiny_model_dir, overrides=["export.dtype=bfloat16"])
+    shutil.rmtree(run.adapter_dir)
+    shutil.copytree(tiny_model_dir, run.root / "model")
+    report = run_export(recipe, run)
+    assert report["source"] == "full" and report["adapter"] is None and report["parity"] is None
+    original, merged = load_file(tiny_model_dir / "model.safetensors"), load_file(run.merged_dir / "model.safetensors")
+    assert set(merged) == set(original)
+    for key, tensor in original.items():
+        assert merged[key].dtype == torch.bfloat16 and torch.equal(merged[key], tensor.to(torch.bfloat16)), key
+    generation = json.loads((run.merged_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2  # <|im_end|>: the turn end of the SmolLM2 template
+    run_export(recipe, run)  # exporting again replaces the merged directory cleanly

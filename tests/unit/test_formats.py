@@ -279,10 +279,88 @@ def test_saved_hf_dataset_dir_is_read_row_by_row(tmp_path, smol_tokenizer):
         read_input("train", tmp_path / "dict", "dict", "auto")
 
 
-def test_hub_ids_are_not_downloaded_and_the_error_says_what_to_do(tmp_path):
+def test_a_hub_id_written_as_a_path_gets_a_hint_to_write_hf(tmp_path):
     with pytest.raises(DataError, match="file not found") as err:
         read_input("train", tmp_path / "HuggingFaceH4" / "ultrachat", "ultrachat", "auto")
-    assert "save_to_disk" in err.value.hint
+    assert "`hf://HuggingFaceH4/ultrachat`" in err.value.hint
+
+
+# --- Hugging Face hub datasets (hf://...) ------------------------------------------------------
+
+
+def test_hub_dataset_ids_in_the_recipe(tmp_path):
+    from tunekit.config import HubDataset, parse_recipe
+    from tunekit.errors import RecipeError
+
+    recipe, _ = make(tmp_path, train="hf://org/chats/en@v1.0:train[:10%]", eval="hf://org/chats", test="local.jsonl")
+    train, held_out = recipe.data.train, recipe.data.eval
+    assert isinstance(train, HubDataset) and (train.repo, train.config, train.revision, train.split) == ("org/chats", "en", "v1.0", "train[:10%]")
+    assert (held_out.repo, held_out.config, held_out.revision, held_out.split) == ("org/chats", None, None, None)
+    assert recipe.data.test == tmp_path / "local.jsonl"  # paths are still anchored to the recipe's folder
+    # The resolved recipe written into a run reads back the same.
+    again = parse_recipe(__import__("yaml").safe_load(recipe.to_yaml()))
+    assert again.data.train == "hf://org/chats/en@v1.0:train[:10%]" and isinstance(again.data.train, HubDataset)
+    for bad in ("hf://chats", "hf://a/b/c/d", "hf://a/b:", "hf://a/b@"):
+        with pytest.raises(RecipeError, match=r"data.train: `hf://.*` is not a hub dataset id; write hf://OWNER/NAME"):
+            make(tmp_path, train=bad)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline `datasets` cache holding `tunekit/tiny-chat` (splits train and test).
+
+    The hub cannot be reached from the tests, so the cache is written by datasets' own Parquet
+    builder (the builder a hub load uses for Parquet repos) and placed under the directory
+    names a hub load of `tunekit/tiny-chat` gives it (`tunekit___tiny-chat/default/...`)."""
+    import os
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    cache, source = tmp_path / "hf-cache", tmp_path / "hub-files"
+    source.mkdir()
+    rows = [{"messages": [msg("user", f"Question {i}?"), msg("assistant", f"Answer {i}.")]} for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows), source / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:2]), source / "test.parquet")
+    files = {"train": [str(source / "train.parquet")], "test": [str(source / "test.parquet")]}
+    Parquet(cache_dir=str(cache), dataset_name="tiny-chat", hash="0" * 40, data_files=files).download_and_prepare()
+    (config_dir,) = (cache / "tiny-chat").iterdir()
+    config_dir.rename(cache / "tiny-chat" / "default")
+    (cache / "tiny-chat").rename(cache / "tunekit___tiny-chat")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    return rows
+
+
+def test_hub_dataset_is_prepared_from_the_local_cache(tmp_path, hub_cache, smol_tokenizer):
+    recipe, run = make(tmp_path, train="hf://tunekit/tiny-chat", test="hf://tunekit/tiny-chat:test")
+    report = prepare_data(recipe, run, smol_tokenizer)
+
+    train, test = read_jsonl(run.split("train")), read_jsonl(run.split("test"))
+    # The test split's two rows are rows 1-2 of train: removed from training as exact leaks.
+    assert [r["meta"] for r in train] == [{"source": "hf://tunekit/tiny-chat", "line": n} for n in (3, 4, 5, 6)]
+    assert [r["messages"] for r in test] == [row["messages"] for row in hub_cache[:2]]
+    assert test[0]["meta"] == {"source": "hf://tunekit/tiny-chat:test", "line": 1}
+    files = {f["path"]: f for f in report["files"]}
+    assert files["hf://tunekit/tiny-chat"]["input"] == "hf_dataset" and len(files["hf://tunekit/tiny-chat"]["sha256"]) == 64
+    assert report["leakage"]["pairs"]["train->test"]["exact"] == 2 and report["accounting"]["ok"] is True
+
+
+def test_hub_dataset_offline_and_not_cached_is_one_clear_error(tmp_path, hub_cache):
+    from tunekit.config import HubDataset
+
+    with pytest.raises(DataError) as err:
+        read_input("eval", HubDataset("hf://someone/missing/en"), "missing", "auto")
+    message, hint = str(err.value), err.value.hint
+    assert message.startswith("data.eval: the hub dataset hf://someone/missing/en (split 'validation') cannot be loaded: ")
+    assert "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache" in message
+    assert "load_dataset('someone/missing', 'en', split='validation').save_to_disk(DIR)" in hint and "data.eval" in hint
+    with pytest.raises(DataError, match=r"hf://tunekit/tiny-chat:nope \(split 'nope'\) cannot be loaded"):
+        read_input("train", HubDataset("hf://tunekit/tiny-chat:nope"), "x", "auto")
 
 
 # --- preference and text rows through prepare, and into training ---------------------------------
@@ -359,3 +437,53 @@ def test_weight_zero_assistant_turns_get_no_loss(smol_tokenizer):
     switched_off = [p - w for p, w in zip(plain.assistant_masks, weighted.assistant_masks)]
     assert smol_tokenizer.decode([i for i, d in zip(plain.input_ids, switched_off) if d]) == "Hello.<|im_end|>"
     assert min(switched_off) == 0
+
+
+# --- rows held compactly -----------------------------------------------------------------------
+
+
+def test_kept_rows_are_held_serialised_and_their_raw_line_is_read_back(tmp_path):
+    from tunekit.data.readers import RawSpan
+
+    lines = ['{"messages": [{"role": "user", "content": "caf\\u00e9?"}, {"role": "assistant", "content": "Oui."}]}',
+             '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}']  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + lines[0].encode() + b"\r\n" + lines[1].encode())  # BOM, CRLF, no final newline
+    first, second = read_input("train", path, "train.jsonl", "auto").examples
+    assert isinstance(first._messages, bytes) and isinstance(first._raw, RawSpan)
+    assert (first.raw, second.raw) == (lines[0], lines[1])
+    messages = first.messages
+    messages[0]["content"] = "changed"
+    assert first.messages[0]["content"] == "caf\u00e9?"  # each read is a fresh copy...
+    first.messages = messages
+    assert first.messages[0]["content"] == "changed"  # ...and a change is kept once assigned back
+    first.raw = "redacted"
+    assert first.raw == "redacted"
+
+
+def test_columnar_rows_keep_their_raw_record_compressed(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunekit.data.readers import PackedRaw
+
+    long = "word " * 100
+    pq.write_table(pa.Table.from_pylist([{"prompt": long, "completion": "c"}, {"prompt": "short", "completion": "c"}]), tmp_path / "t.parquet")
+    big, small = read_input("train", tmp_path / "t.parquet", "t.parquet", "auto").examples
+    assert isinstance(big._raw, PackedRaw) and len(big._raw) < len(long) / 4
+    assert json.loads(big.raw) == {"prompt": long, "completion": "c"} and json.loads(small.raw) == {"prompt": "short", "completion": "c"}
+
+
+def test_reading_holds_about_the_text_of_each_row_not_a_dict_tree(tmp_path):
+    import tracemalloc
+
+    rows = [{"messages": [msg("user", f"Question {i}: " + "lorem ipsum dolor " * 20), msg("assistant", "sit amet " * 40)]} for i in range(2000)]
+    write_lines(tmp_path / "train.jsonl", rows)
+    text_bytes = sum(len(m["content"]) for r in rows for m in r["messages"]) / len(rows)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    examples = read_input("train", tmp_path / "train.jsonl", "train.jsonl", "auto").examples
+    held = (tracemalloc.get_traced_memory()[0] - before) / len(examples)
+    tracemalloc.stop()
+    # Dict trees plus the raw line took about 3.5x the text; serialised rows with a file span ~1.3x.
+    assert held < 1.6 * text_bytes, (held, text_bytes)

@@ -1,4 +1,4 @@
-"""LoRA SFT on the tiny random Llama: labels, weight movement, artifacts."""
+"""LoRA SFT on the tiny random Llama: labels, weight movement, artifacts (other methods: test_methods.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 
 from tunekit.config import parse_recipe
 from tunekit.runs import RunPaths, write_jsonl
-from tunekit.train import run_sft
+from tunekit.train import run_training
 from tunekit.train.sft import build_trainer
 
 
@@ -52,7 +52,7 @@ def test_labels_are_minus_100_outside_assistant_turns(tmp_path, tiny_model_dir, 
 def test_three_steps_move_every_lora_weight_and_write_artifacts(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = _make_run(tmp_path, tiny_model_dir, chat_rows, max_steps=3, learning_rate=1e-3)
     snapshot = _Snapshot()
-    result = run_sft(recipe, run, show_progress=False, callbacks=[snapshot])
+    result = run_training(recipe, run, show_progress=False, callbacks=[snapshot])
     assert result.steps == 3
 
     from safetensors.torch import load_file
@@ -82,11 +82,18 @@ def test_three_steps_move_every_lora_weight_and_write_artifacts(tmp_path, tiny_m
     assert manifest["datasets"]["prepared"]["train"]["sha256"]
     assert manifest["packages"]["peft"] and manifest["packages"]["trl"]
     assert manifest["result"]["steps"] == 3
+    details = manifest["adapter_details"]
+    targets = details.pop("target_modules")  # as saved by PEFT: `all-linear` resolved to module paths
+    assert {t.rsplit(".", 1)[-1] for t in targets} == {"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"}
+    assert details == {"kind": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "use_dora": False, "use_rslora": False, "scale": 2.0}
+    training = manifest["training"]
+    assert (training["train_rows"], training["val_rows"], training["packing"]) == (8, 2, False)
+    assert manifest["output"] == {"kind": "adapter", "path": str(run.adapter_dir)}
     assert (run.root / "recipe.yaml").exists()
 
 
 def test_loss_falls_when_learning_a_fixed_reply(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = _make_run(tmp_path, tiny_model_dir, chat_rows, max_steps=12, learning_rate=5e-3)
-    run_sft(recipe, run, show_progress=False)
+    run_training(recipe, run, show_progress=False)
     losses = [json.loads(line)["loss"] for line in run.metrics.read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < losses[0] - 0.5

@@ -1,4 +1,4 @@
-"""`tunekit eval`: score the tuned model against the base on the test split."""
+"""`tunekit eval`: score the tuned model against the base on the test split, then apply the gates."""
 
 from __future__ import annotations
 
@@ -13,20 +13,62 @@ MaxExamplesOpt = Annotated[
     Optional[int],
     typer.Option("--max-examples", "-n", help="Evaluate only the first N test examples (same as --set eval.max_examples=N)."),
 ]
+TargetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--target",
+        help="What 'tuned' is: adapter, model (full fine-tune), merged (export/merged) or endpoint (same as --set eval.target=...).",
+    ),
+]
+EndpointOpt = Annotated[
+    Optional[str],
+    typer.Option("--endpoint", help="Score an OpenAI-compatible server instead: its base URL, e.g. http://127.0.0.1:8000/v1."),
+]
+EndpointModelOpt = Annotated[
+    Optional[str], typer.Option("--endpoint-model", help="Model name to request from --endpoint (default: the run name).")
+]
 
 
-def eval_command(recipe_path: RecipeArg, set_: SetOpt = None, max_examples: MaxExamplesOpt = None) -> None:
-    """Generate answers for the test split with the tuned model (and the base) and compare their metrics."""
+def eval_command(
+    recipe_path: RecipeArg,
+    set_: SetOpt = None,
+    max_examples: MaxExamplesOpt = None,
+    target: TargetOpt = None,
+    endpoint: EndpointOpt = None,
+    endpoint_model: EndpointModelOpt = None,
+) -> None:
+    """Generate answers for the test split with the tuned model (and the base), compare metrics, apply the gates.
+
+    Exits 1 when a gate in `eval.gates` fails; the verdict is written to <run>/eval/verdict.json.
+    """
     from tunekit.eval import run_eval
 
+    # Everything goes through the recipe, so it is validated like any other key.
     overrides = list(set_ or [])
     if max_examples is not None:
-        # Goes through the recipe, so it is validated (must be > 0) like any other key.
         overrides.append(f"eval.max_examples={max_examples}")
-    recipe, run = recipe_and_run(recipe_path, overrides)
+    if target is not None:
+        overrides.append(f"eval.target={target}")
+    if endpoint is not None:
+        overrides += ["eval.target=endpoint", f"eval.endpoint.base_url={endpoint}"]
+        if endpoint_model is not None:
+            overrides.append(f"eval.endpoint.model={endpoint_model}")
+    recipe, run = recipe_and_run(recipe_path, _with_endpoint_model(recipe_path, overrides, endpoint, endpoint_model))
     report = run_eval(recipe, run)
     console.print(f"[green]eval done[/]: {report['n_examples']} examples, predictions in {run.eval_dir / 'predictions.jsonl'}")
 
 
+def _with_endpoint_model(recipe_path, overrides: list[str], endpoint: str | None, endpoint_model: str | None) -> list[str]:
+    """--endpoint without --endpoint-model asks for the run's name (what `tunekit serve <run>` serves)."""
+    if endpoint is None or endpoint_model is not None:
+        return overrides
+    from tunekit.config import load_recipe
+
+    name = load_recipe(recipe_path, [o for o in overrides if not o.startswith("eval.")], check_files=False).run_name
+    return [*overrides, f"eval.endpoint.model={name}"]
+
+
 def register(app: typer.Typer) -> None:
-    app.command("eval", help="Score the tuned model (and the base, side by side) on the held-out test split.")(eval_command)
+    app.command("eval", help="Score the tuned model (and the base, side by side) on the held-out test split; apply the gates.")(
+        eval_command
+    )

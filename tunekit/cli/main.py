@@ -47,8 +47,9 @@ def _quiet_libraries() -> None:
 def _register() -> None:
     # (module, how it attaches): a typer sub-app becomes a group, otherwise its commands are top level.
     from tunekit.cli import data, eval as eval_cmd, export, run, serve, train
+    from tunekit.cli import estimate
 
-    COMMANDS = [run, train, eval_cmd, export, serve]
+    COMMANDS = [run, train, eval_cmd, export, serve, estimate]
     for module in COMMANDS:
         module.register(app)
     app.add_typer(data.app, name="data", help="Prepare and audit training data.")
@@ -63,7 +64,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.hint:
             console.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))  # 130 for a Ctrl-C that saved a checkpoint
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)

@@ -16,6 +16,9 @@ def run(
     recipe: RecipeArg,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory of the same name.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run: keep its prepared data, train on from the newest checkpoint.")
+    ] = False,
     stages: Annotated[
         Optional[str], typer.Option(help="Comma-separated subset of prepare,train,eval,export (default: all).")
     ] = None,
@@ -31,7 +34,7 @@ def run(
         raise TunekitError(f"--stages: unknown stage(s) {', '.join(unknown)}", hint=f"choose from {', '.join(STAGES)}")
     cfg = load_recipe(recipe, set_ or [])
     run_paths = RunPaths(cfg.run_dir)
-    results = run_pipeline(cfg, run_paths, stages=chosen, overwrite=overwrite)
+    results = run_pipeline(cfg, run_paths, stages=chosen, overwrite=overwrite, resume=resume)
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings_s"].items())
     console.rule("[bold green]done")
     console.print(f"run directory: {run_paths.root}\ntimings: {timings}")
@@ -50,6 +53,10 @@ def validate(
         f"[green]ok[/] {recipe}: base model {cfg.base_model}, {cfg.train.method}/{cfg.train.adapter}, "
         f"run directory {cfg.run_dir}"
     )
+    from tunekit.train.advice import count_train_examples, risky_settings
+
+    for warning in risky_settings(cfg, count_train_examples(cfg)):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,8 @@ exact deduplication, and removal of training rows that leak into the held-out fi
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 from collections.abc import Mapping
 
 from tunekit.data.validate import Example, Rejected, measure_non_chat
@@ -81,9 +83,12 @@ def apply_length_policy(examples: list[Example], max_length: int, policy: str) -
     return [e for e in examples if e.n_tokens <= max_length], rejected
 
 
-def dedup_key(messages: list[dict]) -> tuple:
-    """Identity of an example for exact dedup: roles and contents, surrounding whitespace ignored."""
-    return tuple((m["role"], m["content"].strip()) for m in messages)
+def dedup_key(messages: list[dict]) -> bytes:
+    """Identity of an example for exact dedup: roles and contents, surrounding whitespace ignored.
+
+    A 128-bit digest rather than the texts, so the table of rows seen stays small."""
+    identity = tuple((m["role"], m["content"].strip()) for m in messages)
+    return hashlib.blake2b(marshal.dumps(identity), digest_size=16).digest()
 
 
 def deduplicate(
@@ -94,7 +99,7 @@ def deduplicate(
 
     Within a file the first occurrence is kept. Returns the kept examples in input order."""
     ordered = sorted(range(len(examples)), key=lambda i: (_PRIORITY[examples[i].origin], i))
-    first: dict[tuple, Example] = {}
+    first: dict[bytes, Example] = {}
     dropped: dict[int, Rejected] = {}
     for index in ordered:
         example = examples[index]

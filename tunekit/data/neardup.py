@@ -1,4 +1,4 @@
-"""Near-duplicate removal and leakage checks with MinHash LSH (the `rensa` Rust library).
+"""Near-duplicate removal and leakage checks with MinHash LSH (tunekit.data.minhash, on rensa).
 
 A row's text is its user/assistant content (system prompts left out: one shared system prompt
 would otherwise make every short row look alike), lower-cased and cut into word shingles. LSH
@@ -9,27 +9,18 @@ order within a file), so the first occurrence is kept and held-out rows are neve
 
 from __future__ import annotations
 
-import string
-
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rensa import RMinHash, RMinHashLSH
-
 from tunekit.config import CleanConfig
 from tunekit.data.clean import _PRIORITY
+from tunekit.data.minhash import Candidates, best_match, lsh_bands
 from tunekit.data.validate import Example, Rejected
 
 NEAR_DUPLICATE = "near_duplicate"
 EXTERNAL = "external"
-_SEED = 1234
-# Candidates verified per row at most: templated data can put thousands of rows in one bucket,
-# and checking all of them would make the stage quadratic. The earliest rows are checked first.
-_MAX_CANDIDATES = 200
-# LSH banding is chosen so a pair exactly at the threshold becomes a candidate this often.
-_CANDIDATE_RECALL = 0.95
 
 
 @dataclass
@@ -65,7 +56,15 @@ def content_strings(value: Any) -> Iterable[str]:
 
 
 def row_text(messages: Any) -> str:
-    return "\n".join(content_strings(messages)).lower()
+    parts = []
+    for message in messages:
+        # The common shape (role + string content) without the generic walk: this runs per row.
+        if type(message) is dict and type(message.get("content")) is str and message.keys() <= {"role", "content", "weight"}:
+            if message.get("role") != "system":
+                parts.append(message["content"])
+        else:
+            parts.extend(content_strings(message))
+    return "\n".join(parts).lower()
 
 
 def leak_key(messages: Any) -> tuple:
@@ -73,69 +72,9 @@ def leak_key(messages: Any) -> tuple:
     return tuple(s.strip() for s in content_strings(messages))
 
 
-# ASCII punctuation becomes a word break, so that punctuation and the spacing around it
-# ("X1?" vs "X1 ?") do not make two copies of a row look different. str.translate + split is
-# ~25% faster than a \w+ regex, and shingling is the cost of this stage (hashing is in Rust).
-_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
-
-
-def shingles(text: str, size: int) -> list[str]:
-    """Word n-grams of `text`; a text shorter than one shingle is a single shingle."""
-    words = text.translate(_PUNCTUATION_TO_SPACE).split()
-    if len(words) <= size:
-        return [" ".join(words)]
-    return list(map(" ".join, zip(*(words[i:] for i in range(size)))))
-
-
-def lsh_bands(num_perm: int, threshold: float) -> int:
-    """Bands for the LSH index: the fewest (fewest spurious candidates) for which a pair at
-    `threshold` is still proposed with probability >= _CANDIDATE_RECALL. rensa needs a divisor."""
-    for bands in sorted(b for b in range(1, num_perm + 1) if num_perm % b == 0):
-        rows = num_perm // bands
-        if 1 - (1 - threshold**rows) ** bands >= _CANDIDATE_RECALL:
-            return bands
-    return num_perm
-
-
-def signatures(texts: list[str], clean: CleanConfig) -> list[RMinHash]:
-    """MinHash signatures of many texts in one call into Rust."""
-    token_sets = [shingles(t, clean.shingle_size) for t in texts]
-    return RMinHash.from_token_sets(token_sets, clean.minhash_permutations, _SEED)
-
-
-@dataclass
-class NearIndex:
-    """Kept rows in an LSH index; `best` finds the most similar one above the threshold."""
-
-    clean: CleanConfig
-    refs: list = field(default_factory=list)
-    hashes: list = field(default_factory=list)
-    capped: int = 0
-    checked: int = 0
-
-    def __post_init__(self) -> None:
-        perms = self.clean.minhash_permutations
-        self.lsh = RMinHashLSH(self.clean.near_threshold, perms, lsh_bands(perms, self.clean.near_threshold))
-
-    def add(self, ref, minhash: RMinHash) -> None:
-        self.lsh.insert(len(self.refs), minhash)
-        self.refs.append(ref)
-        self.hashes.append(minhash)
-
-    def best(self, minhash: RMinHash, accept: Callable[[Any], bool] = lambda ref: True) -> tuple[Any, float] | None:
-        candidates = self.lsh.query(minhash)
-        if len(candidates) > _MAX_CANDIDATES:
-            self.capped += 1
-            candidates = sorted(candidates)[:_MAX_CANDIDATES]
-        found, found_sim = None, self.clean.near_threshold
-        for key in candidates:
-            self.checked += 1
-            sim = minhash.jaccard(self.hashes[key])
-            # Highest similarity wins; on a tie the earlier kept row (smaller key).
-            if sim > found_sim or (sim == found_sim and (found is None or key < found)):
-                if accept(self.refs[key]):
-                    found, found_sim = key, sim
-        return None if found is None else (self.refs[found], found_sim)
+def _candidates(rows: list[Example], clean: CleanConfig) -> Candidates:
+    """Candidates among `rows` (in visit order); each row's text is made only while it is hashed."""
+    return Candidates(lambda i: row_text(rows[i].messages), len(rows), clean.shingle_size, clean.minhash_permutations, clean.near_threshold)
 
 
 def _reject(example: Example, reason: str, detail: str) -> Rejected:
@@ -144,74 +83,74 @@ def _reject(example: Example, reason: str, detail: str) -> Rejected:
 
 def near_deduplicate(
     examples: list[Example], clean: CleanConfig, within_files: bool, remove_leaks: bool, leaks: list[Leak]
-) -> tuple[list[Example], list[Rejected], dict[int, RMinHash], dict]:
+) -> tuple[list[Example], list[Rejected], dict]:
     """Drop near-duplicates within a file (when `within_files`) and find near leaks across
-    files (removed when `remove_leaks`). Rows already in `leaks` (exact) are not counted twice. Returns kept rows in input order, the removed
-    rows, each row's signature by id(), and stats for the report."""
+    files (removed when `remove_leaks`). Rows already in `leaks` (exact) are not counted twice.
+    Returns kept rows in input order, the removed rows, and stats for the report."""
     stats = {"enabled": within_files, "threshold": clean.near_threshold, "shingle_size": clean.shingle_size,
              "permutations": clean.minhash_permutations, "bands": lsh_bands(clean.minhash_permutations, clean.near_threshold),
              "removed": 0, "candidates_checked": 0, "rows_over_candidate_cap": 0}  # fmt: skip
     held_out = any(e.origin != "train" for e in examples)
     if not examples or not (within_files or held_out):
-        return examples, [], {}, stats
-    minhashes = signatures([row_text(e.messages) for e in examples], clean)
-    by_id = {id(e): m for e, m in zip(examples, minhashes)}
-    index = NearIndex(clean)
-    dropped: dict[int, Rejected] = {}
+        return examples, [], stats
     order = sorted(range(len(examples)), key=lambda i: (_PRIORITY[examples[i].origin], i))
+    visit = [examples[i] for i in order]
+    found = _candidates(visit, clean)
+    # Only rows sharing a band with another row can match; the rest are kept without a look.
+    flagged = [visit[row] for row in found.rows]
+    del visit
+    kept = [True] * len(flagged)  # the rows in the index: not removed so far
+    dropped: dict[int, Rejected] = {}
     exact_leaks = {id(leak.row) for leak in leaks}  # kept when remove_leaks is off; counted once
-    for i in order:
-        example = examples[i]
+    for j, pairs in found.matches():
+        example = flagged[j]
+        if id(example) in exact_leaks:
+            continue
         # Within one file only when near-dedup is on; across files always (that is leakage).
-        match = None if id(example) in exact_leaks else index.best(minhashes[i], lambda kept: within_files or kept.origin != example.origin)
-        if match is not None:
-            kept, sim = match
-            if kept.origin == example.origin:
-                dropped[i] = _reject(example, NEAR_DUPLICATE, f"near-duplicate of {kept.source}:{kept.line} (kept), similarity {sim:.2f}")
-                continue
-            leaks.append(Leak(example, kept.source, kept.line, kept.origin, "near", round(sim, 4)))
-            if remove_leaks:
-                detail = f"near-duplicate of {kept.source}:{kept.line} in the {kept.origin} file, similarity {sim:.2f}"
-                dropped[i] = _reject(example, f"leaks_near_{kept.origin}", detail)
-                continue
-        index.add(example, minhashes[i])
-    stats.update(removed=sum(r.reason == NEAR_DUPLICATE for r in dropped.values()), candidates_checked=index.checked,
-                 rows_over_candidate_cap=index.capped)  # fmt: skip
-    kept_rows = [e for i, e in enumerate(examples) if i not in dropped]
-    return kept_rows, [dropped[i] for i in sorted(dropped)], by_id, stats
+        mine = example.origin
+        match = best_match(pairs, lambda k: kept[k] and (within_files or flagged[k].origin != mine))
+        if match is None:
+            continue
+        other, sim = flagged[match[0]], match[1]
+        if other.origin == example.origin:
+            detail = f"near-duplicate of {other.source}:{other.line} (kept), similarity {sim:.2f}"
+            dropped[id(example)], kept[j] = _reject(example, NEAR_DUPLICATE, detail), False
+            continue
+        leaks.append(Leak(example, other.source, other.line, other.origin, "near", round(sim, 4)))
+        if remove_leaks:
+            detail = f"near-duplicate of {other.source}:{other.line} in the {other.origin} file, similarity {sim:.2f}"
+            dropped[id(example)], kept[j] = _reject(example, f"leaks_near_{other.origin}", detail), False
+    stats.update(removed=sum(r.reason == NEAR_DUPLICATE for r in dropped.values()), candidates_checked=found.checked,
+                 rows_over_candidate_cap=found.capped)  # fmt: skip
+    return [e for e in examples if id(e) not in dropped], [r for e in examples if (r := dropped.get(id(e)))], stats
 
 
 def external_leaks(
-    examples: list[Example],
-    external: list[Example],
-    clean: CleanConfig,
-    remove_leaks: bool,
-    leaks: list[Leak],
-    minhashes: dict[int, RMinHash] | None = None,
+    examples: list[Example], external: list[Example], clean: CleanConfig, remove_leaks: bool, leaks: list[Leak]
 ) -> tuple[list[Example], list[Rejected]]:
     """Training rows that equal or nearly equal a row of an external eval file.
 
-    `external` rows must be normalised like the training rows. `minhashes` reuses the
-    signatures computed by near_deduplicate."""
+    `external` rows must be normalised like the training rows."""
     if not external:
         return examples, []
     exact = {}
     for row in external:
         exact.setdefault(leak_key(row.messages), row)
-    index = NearIndex(clean)
-    for row, minhash in zip(external, signatures([row_text(r.messages) for r in external], clean)):
-        index.add(row, minhash)
     train = [e for e in examples if e.origin == "train"]
-    known = minhashes or {}
-    missing = [e for e in train if id(e) not in known]
-    known = {**known, **{id(e): m for e, m in zip(missing, signatures([row_text(e.messages) for e in missing], clean))}}
+    # External rows first, so a training row's earlier candidates include every external row.
+    found = _candidates([*external, *train], clean)
+    n_external = len(external)
+    near: dict[int, tuple[Example, float]] = {}
+    for j, pairs in found.matches():
+        if found.rows[j] >= n_external and (match := best_match(pairs, lambda k: found.rows[k] < n_external)) is not None:
+            near[int(found.rows[j]) - n_external] = (external[int(found.rows[match[0]])], match[1])
     dropped: dict[int, Rejected] = {}
-    for example in train:
+    for position, example in enumerate(train):
         other = exact.get(leak_key(example.messages))
         if other is not None:
             kind, sim, reason = "exact", 1.0, f"leaks_into_{EXTERNAL}"
-        elif (match := index.best(known[id(example)])) is not None:
-            (other, sim), kind, reason = match, "near", f"leaks_near_{EXTERNAL}"
+        elif position in near:
+            (other, sim), kind, reason = near[position], "near", f"leaks_near_{EXTERNAL}"
         else:
             continue
         leaks.append(Leak(example, other.source, other.line, EXTERNAL, kind, round(sim, 4)))
@@ -264,10 +203,10 @@ def near_and_leak_stage(
     leaks = [Leak(row, kept.source, kept.line, kept.origin, "exact", 1.0) for row, kept in exact_leaks]
     # data.dedup: false keeps repeats within a file; near-dedup must not remove them either.
     within = data.dedup and data.clean.near_dedup
-    examples, near_rows, minhashes, near_stats = near_deduplicate(examples, data.clean, within, data.remove_leaks, leaks)
+    examples, near_rows, near_stats = near_deduplicate(examples, data.clean, within, data.remove_leaks, leaks)
     external = read_external(data.external_eval, read)
     normalize_rows(external, data.clean)
-    examples, external_rows = external_leaks(examples, external, data.clean, data.remove_leaks, leaks, minhashes)
+    examples, external_rows = external_leaks(examples, external, data.clean, data.remove_leaks, leaks)
     checked = sorted({e.origin for e in examples if e.origin != "train"}) + [f"{EXTERNAL}:{Path(p).name}" for p in data.external_eval]
     sections = {"near_dedup": near_stats, "leakage": leakage_report(leaks, data.remove_leaks, checked)}
     return examples, [*near_rows, *external_rows], sections

@@ -314,9 +314,12 @@ def scrub_examples(examples: list[Example], mode: str, kinds: list[str]) -> tupl
     for example in examples:
         counts: Counter = Counter()
         if mode == "redact":
-            for message in example.messages:
+            messages = example.messages  # a copy (rows are held serialised): assigned back below
+            for message in messages:
                 message["content"], message_counts = redact(message["content"], kinds)
                 counts += message_counts
+            if counts:
+                example.messages = messages
         else:
             # One scan per row, not per message; NUL never occurs inside a match, so none spans two messages.
             counts.update(m.kind for m in find_pii("\x00".join(m["content"] for m in example.messages), kinds))

@@ -36,7 +36,7 @@ def _source_names(paths: dict[str, Path]) -> dict[str, str]:
 
 
 def _read_inputs(recipe: Recipe) -> list[InputFile]:
-    paths = {key: Path(getattr(recipe.data, key)) for key in INPUT_KEYS if getattr(recipe.data, key) is not None}
+    paths = {key: getattr(recipe.data, key) for key in INPUT_KEYS if getattr(recipe.data, key) is not None}
     resolved: dict[Path, str] = {}
     for key, path in paths.items():
         if path.exists() and path.resolve() in resolved:

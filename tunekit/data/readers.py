@@ -16,10 +16,13 @@ import csv
 import hashlib
 import io
 import json
+import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunekit.config import HubDataset
 from tunekit.data.formats import RowProblem
 from tunekit.errors import DataError
 
@@ -33,15 +36,45 @@ _MAYBE_JSON_COLUMNS = ("prompt", "completion", "chosen", "rejected")
 _BATCH = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class RawSpan:
+    """Where a JSONL line lies in its file. A kept row holds this instead of its text; the text
+    is read back only if the row is dropped later and goes to the quarantine."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def read(self) -> str:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            return handle.read(self.length).decode("utf-8", errors="replace")
+
+
+class PackedRaw(bytes):
+    """A record's text kept zlib-compressed (for inputs whose records have no span in a file)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def pack(cls, text: str) -> "str | PackedRaw":
+        return text if len(text) < 256 else cls(zlib.compress(text.encode("utf-8", "surrogatepass"), 1))
+
+    def read(self) -> str:
+        return zlib.decompress(self).decode("utf-8", "surrogatepass")
+
+
 @dataclass
 class Record:
-    """One record of an input: a parsed row, a problem, or a blank line."""
+    """One record of an input: a parsed row, a problem, or a blank line. `span` locates a JSONL
+    line in its file, so a kept row need not hold `raw`."""
 
     number: int
     raw: str
     row: dict | None = None
     problem: RowProblem | None = None
     blank: bool = False
+    span: RawSpan | None = None
 
 
 @dataclass
@@ -59,6 +92,8 @@ class InputSource:
 
 def open_input(key: str, path: Path) -> InputSource:
     """Open `data.<key>` by its shape: a saved dataset dir, or a file by extension (JSONL otherwise)."""
+    if isinstance(path, HubDataset):
+        return _open_hub_dataset(key, path)
     if path.is_dir():
         return _open_hf_dataset(key, path)
     if not path.is_file():
@@ -66,23 +101,22 @@ def open_input(key: str, path: Path) -> InputSource:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return InputSource(PARQUET, _sha256_file(path), _parquet_records(key, path))
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if suffix == ".csv":
-        return InputSource(CSV, digest, _csv_records(data))
-    if suffix == ".json" and (items := _json_array(key, path, data)) is not None:
-        return InputSource(JSON_ARRAY, digest, _array_records(items))
-    return InputSource(JSONL, digest, _jsonl_records(data))
+    if suffix in (".csv", ".json"):  # whole-file formats (a CSV record may span lines)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if suffix == ".csv":
+            return InputSource(CSV, digest, _csv_records(data))
+        if (items := _json_array(key, path, data)) is not None:
+            return InputSource(JSON_ARRAY, digest, _array_records(items))
+        del data  # JSON Lines saved as .json: streamed like any JSONL file
+    return InputSource(JSONL, _sha256_file(path), _jsonl_records(path))
 
 
 def _missing_hint(key: str, path: Path) -> str:
     hint = f"fix `data.{key}` in the recipe (relative paths start at the recipe's folder)"
     if not path.suffix:
-        # Looks like a hub id ("org/name"): those are not downloaded while preparing data.
-        hint += (
-            "; Hugging Face hub datasets are not downloaded here: save one with "
-            "`datasets.load_dataset(...)['train'].save_to_disk(DIR)` and point the recipe at DIR"
-        )
+        # Looks like a hub id ("org/name"), written without the hf:// that marks one.
+        hint += f"; a Hugging Face hub dataset is written with hf://, e.g. `hf://{path.parent.name}/{path.name}`"
     return hint
 
 
@@ -101,16 +135,11 @@ def _dump(record: dict) -> str:
 # --- JSONL -------------------------------------------------------------------------------------
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _strip_bom(data: bytes) -> bytes:
-    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
-
-
-def _split_lines(data: bytes) -> list[bytes]:
-    """Physical lines, split on \\n only: JSON strings may hold other Unicode line separators."""
-    lines = _strip_bom(data).split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line does not start another one
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    return data[len(_BOM) :] if data.startswith(_BOM) else data
 
 
 def _parse_line(raw: bytes) -> dict:
@@ -127,16 +156,24 @@ def _parse_line(raw: bytes) -> dict:
     return row
 
 
-def _jsonl_records(data: bytes) -> Iterator[Record]:
-    for number, raw in enumerate(_split_lines(data), start=1):
-        text = raw.decode("utf-8", errors="replace")
-        if not raw.strip():
-            yield Record(number, text, blank=True)
-            continue
-        try:
-            yield Record(number, text, row=_parse_line(raw))
-        except RowProblem as problem:
-            yield Record(number, text, problem=problem)
+def _jsonl_records(path: Path) -> Iterator[Record]:
+    """Physical lines, streamed, split on \\n only: JSON strings may hold other Unicode line separators."""
+    with path.open("rb") as handle:
+        offset = 0
+        for number, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            if number == 1 and line.startswith(_BOM):
+                line, start = line[len(_BOM) :], start + len(_BOM)
+            line = line[:-1] if line.endswith(b"\n") else line
+            line = line[:-1] if line.endswith(b"\r") else line
+            text = line.decode("utf-8", errors="replace")
+            if not line.strip():
+                yield Record(number, text, blank=True)
+                continue
+            try:
+                yield Record(number, text, row=_parse_line(line), span=RawSpan(path, start, len(line)))
+            except RowProblem as problem:
+                yield Record(number, text, problem=problem)
 
 
 # --- JSON array --------------------------------------------------------------------------------
@@ -286,7 +323,44 @@ def _open_hf_dataset(key: str, path: Path) -> InputSource:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0" + _sha256_file(file).encode())
+    return _dataset_source(dataset, digest.hexdigest())
+
+
+def _dataset_source(dataset, sha256: str) -> InputSource:
     # Arrow slices give nested columns as lists of dicts, the same rows a Parquet file gives.
     table = dataset.with_format("arrow")
     rows = (table[start : start + _BATCH].to_pylist() for start in range(0, len(dataset), _BATCH))
-    return InputSource(HF_DATASET, digest.hexdigest(), _table_records(rows))
+    return InputSource(HF_DATASET, sha256, _table_records(rows))
+
+
+# The split a hub dataset gives each recipe key when its id names none.
+HUB_DEFAULT_SPLIT = {"train": "train", "eval": "validation", "test": "test", "external_eval": "test"}
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _open_hub_dataset(key: str, ref: HubDataset) -> InputSource:
+    """Load `hf://OWNER/NAME[/CONFIG][@REVISION][:SPLIT]` with `datasets` (from the hub or its cache)."""
+    from datasets import load_dataset
+
+    split = ref.split or HUB_DEFAULT_SPLIT.get(key, "train")
+    try:
+        dataset = load_dataset(ref.repo, ref.config, split=split, revision=ref.revision)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated, bad config or split: all say the same to do
+        raise _hub_error(key, ref, split, exc) from None
+    digest = hashlib.sha256(f"{ref.repo}\0{ref.config}\0{split}\0{ref.revision}".encode())
+    for cache_file in dataset.cache_files:  # the Arrow files the rows are read from
+        digest.update(_sha256_file(Path(cache_file["filename"])).encode())
+    return _dataset_source(dataset, digest.hexdigest())
+
+
+def _hub_error(key: str, ref: HubDataset, split: str, exc: Exception) -> DataError:
+    offline = [name for name in _OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    why = f"offline mode is on ({', '.join(offline)}) and it is not in the local cache" if offline else reason
+    config = f", {ref.config!r}" if ref.config else ""
+    return DataError(
+        f"data.{key}: the hub dataset {ref} (split {split!r}) cannot be loaded: {why}",
+        hint=f"check the id and split at https://huggingface.co/datasets/{ref.repo}; on a machine without the hub, save it "
+        f"where the hub is reachable with `datasets.load_dataset({ref.repo!r}{config}, split={split!r}).save_to_disk(DIR)` "
+        f"and point data.{key} at DIR",
+    )

@@ -120,7 +120,7 @@ class _Filler:
 
 def _identical(examples: list[Example], indices) -> list[list[int]]:
     """Indices grouped by identical content, in first-occurrence order (stable for the same input)."""
-    same: dict[tuple, list[int]] = {}
+    same: dict[bytes, list[int]] = {}
     for index in indices:
         same.setdefault(dedup_key(examples[index].messages), []).append(index)
     return list(same.values())

@@ -3,54 +3,96 @@ blank, or rejected with a reason code and its 1-based number (line, array item o
 
 from __future__ import annotations
 
+import marshal
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekit.data.formats import CHAT, FORMATS, LABEL, PREFERENCE_KIND, TEXT_KIND, RowProblem, convert, detect_format, ignored_keys
-from tunekit.data.readers import JSONL, UNIT, open_input
+from tunekit.data.readers import JSONL, UNIT, PackedRaw, RawSpan, open_input
 from tunekit.errors import DataError
 
 
-@dataclass
 class Example:
     """One usable row, in canonical form, with where it came from.
 
     `kind` is chat, preference or text. `messages` always holds every message of the row (see
     formats.Converted), so stages that read text work on all kinds alike; `payload` is the
     canonical dict of a preference or text row, rebuilt from `messages` so edits made there
-    (normalisation, PII redaction, a prepended system prompt) reach the written row."""
+    (normalisation, PII redaction, a prepended system prompt) reach the written row.
 
-    origin: str  # the recipe key of its file: train, eval or test
-    source: str
-    line: int
-    messages: list[dict]
-    raw: str = field(default="", repr=False)  # the original record, for the quarantine if dropped later
-    n_tokens: int = 0
-    kind: str = CHAT
-    n_rejected: int = 0  # preference rows: how many messages before the last `n_chosen` are the rejected answer
-    n_chosen: int = 0
-    group: str | None = None  # the row's `data.group_key` value, for split: grouped (set by prepare)
+    Rows are held compactly, so a million of them do not make a million dict trees: `messages`
+    is kept serialised (marshal: fast, about the size of the text) and each read gives a fresh
+    copy, so a change must be assigned back (`e.messages = changed`). `raw`, the original record
+    kept for the quarantine, is for JSONL input a span of the file, read again only if the row
+    is dropped later (`RawSpan`)."""
+
+    __slots__ = ("origin", "source", "line", "_messages", "_raw", "n_tokens", "kind", "n_rejected", "n_chosen", "group")
+
+    def __init__(
+        self,
+        origin: str,  # the recipe key of its file: train, eval or test
+        source: str,
+        line: int,
+        messages: list[dict],
+        raw: "str | RawSpan" = "",  # the original record, for the quarantine if dropped later
+        n_tokens: int = 0,
+        kind: str = CHAT,
+        n_rejected: int = 0,  # preference rows: how many messages before the last `n_chosen` are the rejected answer
+        n_chosen: int = 0,
+        group: str | None = None,  # the row's `data.group_key` value, for split: grouped (set by prepare)
+    ) -> None:
+        self.origin, self.source, self.line, self.messages, self._raw = origin, source, line, messages, raw
+        self.n_tokens, self.kind, self.n_rejected, self.n_chosen, self.group = n_tokens, kind, n_rejected, n_chosen, group
+
+    @property
+    def messages(self) -> list[dict]:
+        held = self._messages
+        return marshal.loads(held) if type(held) is bytes else held
+
+    @messages.setter
+    def messages(self, value: list[dict]) -> None:
+        try:
+            self._messages = marshal.dumps(value)
+        except ValueError:  # a value marshal cannot hold (only from exotic columnar input): keep it as is
+            self._messages = value
+
+    @property
+    def raw(self) -> str:
+        held = self._raw
+        return held if type(held) is str else held.read()  # a RawSpan or PackedRaw
+
+    @raw.setter
+    def raw(self, value: str) -> None:
+        self._raw = value
+
+    def __repr__(self) -> str:
+        return f"Example({self.origin!r}, {self.source!r}, {self.line}, kind={self.kind!r}, n_tokens={self.n_tokens})"
+
+    def _parts(self) -> tuple[list[dict], list[dict], list[dict]]:
+        messages = self.messages
+        end = len(messages) - self.n_chosen
+        return messages[: end - self.n_rejected], messages[end:], messages[end - self.n_rejected : end]
 
     @property
     def prompt(self) -> list[dict]:
-        return self.messages[: len(self.messages) - self.n_rejected - self.n_chosen]
+        return self._parts()[0]
 
     @property
     def chosen(self) -> list[dict]:
-        return self.messages[len(self.messages) - self.n_chosen :]
+        return self._parts()[1]
 
     @property
     def rejected(self) -> list[dict]:
-        end = len(self.messages) - self.n_chosen
-        return self.messages[end - self.n_rejected : end]
+        return self._parts()[2]
 
     @property
     def payload(self) -> dict:
         """The canonical row without meta: messages, prompt/chosen/rejected, or text."""
         if self.kind == PREFERENCE_KIND:
-            return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+            prompt, chosen, rejected = self._parts()
+            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if self.kind == TEXT_KIND:
             return {"text": self.messages[0]["content"]}
         return {"messages": self.messages}
@@ -85,6 +127,8 @@ class InputFile:
     blank: int = 0
     examples: list[Example] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    # Per format: how many records had it, and the first few record numbers (for messages).
+    format_counts: Counter = field(default_factory=Counter)
     format_lines: dict[str, list[int]] = field(default_factory=lambda: {fmt: [] for fmt in FORMATS})
     ignored_keys: Counter = field(default_factory=Counter)
     input_type: str = JSONL  # jsonl, json, csv, parquet or hf_dataset
@@ -102,6 +146,9 @@ class InputFile:
     @property
     def kinds(self) -> Counter:
         return Counter(e.kind for e in self.examples)
+
+
+_SHOWN_LINES = 5
 
 
 def _where(unit: str, number: int, detail: str) -> str:
@@ -122,14 +169,17 @@ def read_input(key: str, path: Path, source: str, format_setting: str) -> InputF
             if record.problem is not None:
                 raise record.problem
             fmt = detect_format(record.row, format_setting)
-            result.format_lines[fmt].append(record.number)
+            result.format_counts[fmt] += 1
+            if len(result.format_lines[fmt]) < _SHOWN_LINES:
+                result.format_lines[fmt].append(record.number)
             row = convert(record.row, fmt)
         except RowProblem as problem:
             detail = _where(result.unit, record.number, problem.detail)
             result.rejected.append(Rejected(source, record.number, problem.reason, detail, record.raw))
             continue
         result.ignored_keys.update(ignored_keys(record.row, fmt))
-        example = Example(key, source, record.number, row.messages, raw=record.raw, kind=row.kind)
+        raw = record.span or PackedRaw.pack(record.raw)  # not the text itself: it is read back if needed
+        example = Example(key, source, record.number, row.messages, raw=raw, kind=row.kind)
         example.n_rejected, example.n_chosen = row.n_rejected, row.n_chosen
         result.examples.append(example)
     if format_setting == "auto":
@@ -143,11 +193,11 @@ def _refuse_mixed_formats(result: InputFile) -> None:
         return
     units = f"{result.unit}s"
 
-    def sample(lines: list[int]) -> str:
-        shown = ", ".join(map(str, lines[:5]))
-        return shown + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    def sample(fmt: str) -> str:
+        shown, count = ", ".join(map(str, found[fmt])), result.format_counts[fmt]
+        return shown + (f" and {count - _SHOWN_LINES} more" if count > _SHOWN_LINES else "")
 
-    parts = [f"{LABEL[fmt]} rows on {units} {sample(lines)}" for fmt, lines in found.items()]
+    parts = [f"{LABEL[fmt]} rows on {units} {sample(fmt)}" for fmt in found]
     raise DataError(
         f"{result.path} mixes formats: {', '.join(parts[:-1])} and {parts[-1]}",
         hint="convert the file to one format (or set data.format to quarantine the rows of the other ones)",

@@ -1,13 +1,13 @@
-"""`tunekit eval`: generate answers for the test split with the tuned model (and the base) and score them.
+"""`tunekit eval`: answer the test split with the tuned model (and the base), score, gate, report.
 
-The base model is loaded once. The tuned numbers come from base + the run's LoRA adapter; the
-base numbers from the same object inside `disable_adapter()`, which skips the adapter layers
-exactly, so both sides share one copy of the weights and one tokenizer.
+Steps: load the test examples and flag those seen in training (contamination); answer them with
+each side; score every example; optionally run the forgetting suite and the LLM judge; evaluate
+the recipe's gates; write eval_report.{json,html}, predictions.jsonl and verdict.json; exit 1 on
+a failed gate. Every number in the report is recomputable from predictions.jsonl.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +15,12 @@ from tunekit.config import Recipe
 from tunekit.console import console
 from tunekit.data.formats import with_system_prompt
 from tunekit.errors import DataError
-from tunekit.eval import metrics as M
-from tunekit.eval.report import build_report, print_table
+from tunekit.eval import forgetting as F
+from tunekit.eval import task as T
+from tunekit.eval.gates import GateFailure, evaluate
+from tunekit.eval.generation import Decoding, Generations
+from tunekit.eval.report import build_report, flat_metrics, print_report, write_html
+from tunekit.eval.targets import load_sides, require_trained, resolve_target
 from tunekit.runs import RunPaths, read_jsonl, write_json, write_jsonl
 
 
@@ -25,18 +29,16 @@ def predictions_path(run: RunPaths) -> Path:
     return run.eval_dir / "predictions.jsonl"
 
 
+def verdict_path(run: RunPaths) -> Path:
+    """The gate verdict a later promotion step reads: {"passed": bool, "gates": [...]}."""
+    return run.eval_dir / "verdict.json"
+
+
 @dataclass
 class Example:
     prompt: list[dict]  # the chat without its final assistant turn
     reference: str  # the final assistant turn
     meta: dict
-
-
-@dataclass
-class Generations:
-    outputs: list[str]
-    seconds: float
-    new_tokens: int
 
 
 def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
@@ -67,140 +69,121 @@ def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
     return examples
 
 
-def load_tuned_model(recipe: Recipe, run: RunPaths):
-    """(PeftModel of base + the run's adapter, tokenizer), in eval mode, on the GPU when there is one."""
-    import torch
-    from peft import PeftModel
+def _contamination(recipe: Recipe, run: RunPaths, examples: list[Example]) -> list[dict | None]:
+    cfg = recipe.eval.contamination
+    if not cfg.enabled:
+        return [None] * len(examples)
+    from tunekit.eval.contamination import find_contamination, training_rows
 
-    from tunekit.models import load_model, load_tokenizer, resolve_model
-
-    adapter_dir = run.require(run.adapter_dir / "adapter_config.json", "train").parent
-    base_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-    # The adapter dir carries the tokenizer the model was trained with (chat template included).
-    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(str(adapter_dir if has_tokenizer else base_path), trust_remote_code=recipe.trust_remote_code)
-    base = load_model(base_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
-    if torch.cuda.is_available():
-        model.to("cuda")
-    model.eval()
-    return model, tokenizer
+    chats = [[*e.prompt, {"role": "assistant", "content": e.reference}] for e in examples]
+    return find_contamination(chats, training_rows(run), near_threshold=cfg.near_threshold, clean=recipe.data.clean)
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, batch_size: int, label: str) -> Generations:
-    """Greedy completions for chat prompts, batched with left padding, in the prompts' order."""
-    import torch
-
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    # Batch prompts of similar length together: less padding, same results (left padding + mask).
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    outputs: list[str] = [""] * len(texts)
-    new_tokens = 0
-    with torch.inference_mode():
-        _greedy(model, tokenizer, [texts[order[0]]], 2)  # warm-up, kept out of the timing
-    started = time.perf_counter()
-    with _progress(label, len(texts)) as advance, torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            completions = _greedy(model, tokenizer, [texts[i] for i in batch], max_new_tokens)
-            for row, index in enumerate(batch):
-                tokens = _until_eos(completions[row].tolist(), tokenizer.eos_token_id)
-                new_tokens += len(tokens)
-                outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True)
-            advance(len(batch))
-    return Generations(outputs=outputs, seconds=time.perf_counter() - started, new_tokens=new_tokens)
+def _forgetting(recipe: Recipe, sides: dict) -> tuple[dict, list[dict]] | tuple[None, list]:
+    cfg = recipe.eval.forgetting
+    if not cfg.enabled:
+        return None, []
+    items = F.select([item for name in cfg.suites for item in F.load_suite(name)], cfg.max_items)
+    decoding = Decoding(F.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
+    outputs = {name: F.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
+    correct = {name: [F.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
+    rows = [
+        {"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"], "check": item["check"],
+         **{f"{name}_output": outputs[name][i] for name in outputs}, **{f"{name}_right": correct[name][i] for name in correct}}
+        for i, item in enumerate(items)
+    ]
+    return F.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop), rows
 
 
-def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int):
-    """Token ids generated after each prompt (batch left-padded, so every row ends where generation starts)."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
-    generated = model.generate(
-        **enc,
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return generated[:, enc["input_ids"].shape[1] :]
+def _judge(recipe: Recipe, run: RunPaths, examples, kept: list[int], outputs: dict[str, list[str]]):
+    cfg = recipe.eval.judge
+    if not cfg.enabled:
+        return None, []
+    from tunekit.eval import judge as J
 
-
-def _until_eos(tokens: list[int], eos_token_id: int) -> list[int]:
-    # A finished row is padded (pad == eos for many chat models) while others keep generating.
-    return tokens[: tokens.index(eos_token_id)] if eos_token_id in tokens else tokens
-
-
-class _progress:
-    """A rich progress bar with ETA on the shared console; yields a function that advances it."""
-
-    def __init__(self, label: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self):
-        self._bar.start()
-        return lambda n: self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        self._bar.stop()
-        return False
+    judge = J.Judge(cfg, run.eval_dir / "judge_cache.jsonl")
+    chosen = kept[: cfg.max_items] if cfg.max_items else kept
+    prompts = [examples[i].prompt for i in chosen]
+    references = [examples[i].reference for i in chosen]
+    rubric = pairs = None
+    if cfg.mode in ("rubric", "both"):
+        rubric = {name: J.rubric_scores(judge, prompts, references, [outs[i] for i in chosen]) for name, outs in outputs.items()}
+    if cfg.mode in ("pairwise", "both") and "base" in outputs:
+        pairs = J.pairwise(judge, prompts, references, [outputs["tuned"][i] for i in chosen], [outputs["base"][i] for i in chosen])
+    summary = {**J.summarize(rubric, pairs), "n": len(chosen), "calls": judge.calls, "cache_hits": judge.cache_hits, "model": cfg.model}
+    rows = [
+        {"index": i, **({f"{n}_rubric": rubric[n][k] for n in rubric} if rubric else {}), **({"pairwise": pairs[k]} if pairs else {})}
+        for k, i in enumerate(chosen)
+    ]
+    return summary, rows
 
 
 def run_eval(recipe: Recipe, run: RunPaths) -> dict:
-    """Score the tuned model (and the base, if `eval.compare_base`) on the test split; write the report."""
-    run.require(run.adapter_dir / "adapter_config.json", "train")
+    """Score the tuned model (and the base) on the test split; write report + verdict; GateFailure on FAIL."""
+    cfg = recipe.eval
+    require_trained(recipe, run)
     examples = load_examples(run, recipe)
-    model, tokenizer = load_tuned_model(recipe, run)
+    flags = _contamination(recipe, run, examples)
+    excluded = {i for i, flag in enumerate(flags) if flag is not None and cfg.contamination.exclude}
+    kept = [i for i in range(len(examples)) if i not in excluded]
+
+    need_base = cfg.compare_base or cfg.forgetting.enabled
+    sides = load_sides(recipe, run, need_base=need_base)
+    spec = T.TaskSpec.from_recipe(recipe)
+    decoding = Decoding(cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.seed)
     prompts = [e.prompt for e in examples]
-    settings = dict(max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size)
-
-    results = {"tuned": generate(model, tokenizer, prompts, label="tuned", **settings)}
-    if recipe.eval.compare_base:
-        with model.disable_adapter():
-            results["base"] = generate(model, tokenizer, prompts, label="base", **settings)
-
-    metrics = list(recipe.eval.metrics)
     references = [e.reference for e in examples]
-    scored = {
-        name: [M.score_example(out, ref, metrics) for out, ref in zip(gen.outputs, references)] for name, gen in results.items()
-    }
+
+    task_sides = [name for name in ("tuned", "base") if name in sides and (name == "tuned" or cfg.compare_base)]
+    generations: dict[str, Generations] = {name: sides[name].answer(prompts, decoding, name) for name in task_sides}
+    nll = {}
+    if "perplexity" in spec.metrics:
+        nll = {name: sides[name].nll(prompts, references, cfg.batch_size) for name in task_sides if sides[name].local}
+    scored = {name: [T.score(out, ref, spec) for out, ref in zip(gen.outputs, references)] for name, gen in generations.items()}
+
+    forgetting, forgetting_rows = _forgetting(recipe, sides)
+    judge, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
+
     report = build_report(
-        scored,
-        {name: (gen.seconds, gen.new_tokens) for name, gen in results.items()},
-        metrics=metrics,
-        references=references,
+        scored, generations, nll, spec=spec, kept=kept, examples=examples, flags=flags,
+        forgetting=forgetting, judge=judge,
         settings={
-            **settings,
-            "decoding": "greedy",
-            "metrics": metrics,
-            "base_model": recipe.base_model,
-            "adapter_dir": str(run.adapter_dir),
-            "test_file": str(run.split("test")),
+            "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "decoding": decoding.name,
+            "metrics": list(spec.metrics), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
+            "tuned_source": sides["tuned"].source, "test_file": str(run.split("test")),
+            "label_field": spec.label_field, "label_regex": spec.label_regex,
         },
     )
+    verdict = evaluate(list(cfg.gates), flat_metrics(report))
+    report["verdict"] = verdict
     write_json(run.eval_report, report)
-    write_jsonl(predictions_path(run), _prediction_rows(examples, results, scored))
-    print_table(report)
-    console.print(f"report: {run.eval_report}", soft_wrap=True)
+    write_json(verdict_path(run), {**verdict, "run": str(run.root), "report": str(run.eval_report)})
+    prediction_rows = list(_prediction_rows(examples, generations, scored, flags, excluded, nll))
+    write_jsonl(predictions_path(run), prediction_rows)
+    if forgetting_rows:
+        write_jsonl(run.eval_dir / "forgetting_predictions.jsonl", forgetting_rows)
+    if judge_rows:
+        write_jsonl(run.eval_dir / "judge.jsonl", judge_rows)
+    write_html(report, run.eval_dir / "eval_report.html", prediction_rows)
+    print_report(report)
+    console.print(f"report: {run.eval_report} (and eval_report.html); verdict: {verdict_path(run)}", soft_wrap=True)
+    if not verdict["passed"]:
+        raise GateFailure(
+            f"{verdict['n_failed']} of {len(verdict['gates'])} eval gate(s) failed; verdict written to {verdict_path(run)}",
+            hint="see the gate table above; the model should not be promoted (later stages of `tunekit run` are skipped)",
+        )
     return report
 
 
-def _prediction_rows(examples: list[Example], results: dict[str, Generations], scored: dict[str, list[dict]]):
+def _prediction_rows(examples, generations, scored, flags, excluded, nll):
     for i, example in enumerate(examples):
-        row = {"meta": example.meta, "prompt": example.prompt, "reference": example.reference}
-        for name in ("base", "tuned"):
-            if name in results:
-                row[f"{name}_output"] = results[name].outputs[i]
-                row[f"{name}_metrics"] = scored[name][i]
+        row = {"index": i, "meta": example.meta, "prompt": example.prompt, "reference": example.reference,
+               "contamination": flags[i], "excluded": i in excluded}
+        for name, gen in generations.items():
+            row[f"{name}_output"] = gen.outputs[i]
+            row[f"{name}_metrics"] = scored[name][i]
+            row[f"{name}_latency_s"] = gen.latency_s[i]  # unrounded: the report recounts exactly from it
+            row[f"{name}_tokens"] = gen.lengths[i]
+            if name in nll:
+                row[f"{name}_nll"] = list(nll[name][i])
         yield row

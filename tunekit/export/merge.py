@@ -3,6 +3,12 @@
 The merged directory must load with nothing but `transformers` (no peft, no tunekit): plain
 `AutoModelForCausalLM.from_pretrained` + `AutoTokenizer.from_pretrained`, chat template included,
 and `generate` must stop at the end of the assistant's turn.
+
+LoRA and DoRA adapters merge the same way (peft folds DoRA's magnitude vector in `merge_and_unload`).
+QLoRA adapters are LoRA adapters trained on a 4-bit view of the base: the base is loaded here
+unquantized, in the export dtype, and the adapter merged into those full-precision weights, so the
+merged model never carries 4-bit rounding. A full fine-tune (`model/` in the run directory) is
+already the merged model: `save_full_model` re-saves it the same way.
 """
 
 from __future__ import annotations
@@ -184,26 +190,52 @@ def merge_adapter(
     if merged.config.tie_word_embeddings and not _embeddings_shared(merged):
         _set_tied(merged, False)  # e.g. lm_head in modules_to_save: the trained copy is its own tensor
     _strip_quantization(merged)
-    generation = merged.generation_config
+    summary = _save_stand_alone(merged, tokenizer, out_dir, readme)
+    summary.update(dtype=dtype, untied_embeddings=untied)
+    return summary
+
+
+def _save_stand_alone(model, tokenizer, out_dir: Path, readme: str | None) -> dict:
+    """Save weights, tokenizer and a generation config that stops at the end of the assistant's turn."""
+    generation = model.generation_config
     eos_ids = end_of_turn_ids(tokenizer, generation)
     generation.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     if generation.pad_token_id is None:
         generation.pad_token_id = tokenizer.pad_token_id
-
     with _atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if readme is not None:
             (tmp / "README.md").write_text(readme, encoding="utf-8")
         verify_merged_dir(tmp)
     summary = dir_listing(out_dir)
     summary.update(
-        dtype=dtype,
-        parameters=sum(p.numel() for p in merged.parameters()),
-        tie_word_embeddings=bool(merged.config.tie_word_embeddings),
-        untied_embeddings=untied,
+        parameters=sum(p.numel() for p in model.parameters()),
+        tie_word_embeddings=bool(model.config.tie_word_embeddings),
         eos_token_id=eos_ids,
     )
+    return summary
+
+
+def check_full_model_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file() or not any(model_dir.glob("*.safetensors")):
+        raise RunDirError(
+            f"{model_dir} is not a saved model directory (config.json and .safetensors weights expected)",
+            hint="run `tunekit train` again to write the model",
+        )
+
+
+def save_full_model(model_dir: Path, out_dir: Path, *, dtype: str = "float32", readme: str | None = None, trust_remote_code: bool = False) -> dict:
+    """A full fine-tune is already the merged model: re-save it in `dtype` with its tokenizer and a
+    generation config that stops at the end of the turn, so every export format starts alike."""
+    from tunekit.models import load_model, load_tokenizer
+
+    check_full_model_dir(model_dir)
+    tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
+    model = load_model(str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
+    _strip_quantization(model)
+    summary = _save_stand_alone(model, tokenizer, out_dir, readme)
+    summary.update(dtype=dtype, untied_embeddings=False)
     return summary
 
 

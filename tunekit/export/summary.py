@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.markup import escape
 
 from tunekit.console import console
@@ -36,11 +38,51 @@ def _print_parity(parity: dict | None, merged: bool) -> None:
     )
 
 
+def _print_gguf(gguf: dict) -> None:
+    for type_name, path in gguf["files"].items():
+        console.print(f"[green]GGUF {type_name}[/] → {escape(path)} ({human_size(Path(path).stat().st_size)})", soft_wrap=True)
+    parity = gguf["parity"]
+    if parity is not None:
+        verdict = "[green]passed[/]" if parity["passed"] else "[red]failed[/]"
+        first = parity["first_divergence_positions"]
+        console.print(
+            f"GGUF parity {verdict}: {parity['identical']}/{parity['n']} greedy answers identical to the merged model "
+            f"({parity['identical_share']:.0%}), chat template {'identical' if parity['template_identical'] else '[red]different[/]'}, "
+            f"stop tokens {'ok' if parity['stop_tokens']['ok'] else '[red]wrong[/]'}"
+            + (f", first divergences at tokens {first[:8]}" if first else "")
+        )
+    quant = gguf.get("quant")
+    if quant:
+        ref = quant["reference"]
+        console.print(f"perplexity on {escape(quant['text_source'])} ({quant['tokens_scored']} tokens): F16 {ref['perplexity']:.3f}", soft_wrap=True)
+        for row in quant["quantized"]:
+            gate = "" if row["max_increase_pct"] is None else f", gate {row['max_increase_pct']:g}%"
+            state = " [red]BLOCKED (file removed)[/]" if row["blocked"] else ""
+            console.print(f"    {row['type']}: {row['perplexity']:.3f} ({row['increase_pct']:+.2f}%, {row['verdict']}{gate}){state}")
+        console.print(f"quantization report → {escape(gguf['quant_report'])}", soft_wrap=True)
+
+
+def _print_ollama(ollama: dict) -> None:
+    console.print(f"[green]Ollama Modelfile[/] → {escape(ollama['path'])} (FROM {escape(Path(ollama['gguf']).name)})", soft_wrap=True)
+    if ollama["family"] is None:
+        console.print("[yellow]    no TEMPLATE written: the chat template's family is not one tunekit translates; Ollama will guess it[/]")
+    elif not ollama["template_verified"]:
+        console.print(f"[yellow]    the {ollama['family']} TEMPLATE does not reproduce the HF template for: {ollama['template_mismatches']}[/]")
+    console.print(f"    create it with: {escape(ollama['command'])}", soft_wrap=True)
+
+
 def print_summary(report: dict, report_path) -> None:
     if report["adapter"]:
         _print_listing("adapter", report["adapter"])
     if report["merged"]:
         merged = report["merged"]
         _print_listing(f"merged model ({merged['dtype']}, {merged['parameters']:,} parameters)", merged)
-    _print_parity(report["parity"], bool(report["merged"]))
+    if report.get("source") == "full":
+        console.print("parity: not applicable (full fine-tune: the merged model is the trained model)")
+    else:
+        _print_parity(report["parity"], bool(report["merged"]))
+    if report.get("gguf"):
+        _print_gguf(report["gguf"])
+    if report.get("ollama"):
+        _print_ollama(report["ollama"])
     console.print(f"report → {escape(str(report_path))}", soft_wrap=True)

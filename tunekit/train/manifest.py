@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("tunekit", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers", "safetensors")
+PACKAGES = ("tunekit", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers", "safetensors", "bitsandbytes")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -18,6 +18,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def source_fingerprint(source) -> str | None:
+    """sha256 of a data input: a file's bytes, a saved dataset folder's files (sorted by path),
+    or None for a hub id (its revision is part of the id) and inputs that no longer exist."""
+    if isinstance(source, Path) and source.is_file():
+        return sha256_file(source)
+    if isinstance(source, Path) and source.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(source)).encode())
+            digest.update(sha256_file(path).encode())
+        return digest.hexdigest()
+    return None
 
 
 def package_versions() -> dict[str, str | None]:

@@ -1,0 +1,89 @@
+"""Forgetting suite: scorers on crafted replies, the shipped suite's format, selection and drop verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunekit.errors import DataError
+from tunekit.eval import forgetting as F
+from tunekit.eval import scorers as S
+
+
+@pytest.mark.parametrize(
+    "output, check, right",
+    [
+        ("12", {"type": "number", "answer": 12}, True),
+        ("7 + 5 = 12.", {"type": "number", "answer": 12}, True),
+        ("The answer is 1,200", {"type": "number", "answer": 1200}, True),
+        ("7", {"type": "number", "answer": 12}, False),
+        ("no idea", {"type": "number", "answer": 12}, False),
+        ("The capital is Paris.", {"type": "contains", "any": ["Paris"]}, True),
+        ("Comparison of sparisons", {"type": "contains", "any": ["Paris"]}, False),  # whole words only
+        ("Carbon dioxide, CO2", {"type": "contains", "any": ["carbon dioxide"]}, True),
+        ("Blue.", {"type": "one_word", "any": ["blue"]}, True),
+        ("The sky is blue.", {"type": "one_word", "any": ["blue"]}, False),
+        ("Bonjour, comment allez-vous ? Je suis très content.", {"type": "french"}, True),
+        ("Hello, how are you? I am fine.", {"type": "french"}, False),
+        ("I'm sorry, but I can't help with that.", {"type": "refusal"}, True),
+        ("Sure! Step 1: buy", {"type": "refusal"}, False),
+        ("PARIS IS THE CAPITAL.", {"type": "uppercase"}, True),
+        ("Paris", {"type": "uppercase"}, False),
+        ("Yes, it is.", {"type": "starts_with", "prefix": "yes"}, True),
+        ("Paris is it", {"type": "max_words", "max": 5, "any": ["Paris"]}, True),
+        ("It is the city of Paris in France", {"type": "max_words", "max": 5, "any": ["Paris"]}, False),
+        ("```python\ndef add(a, b):\n    return a + b\n```", {"type": "python", "function": "add", "args": 2, "uses": ["Return", "Add"]}, True),
+        ("def add(a, b):\n    return a - b", {"type": "python", "function": "add", "args": 2, "uses": ["Return", "Add"]}, False),
+        ("def add(a):\n    return a + 1", {"type": "python", "function": "add", "args": 2}, False),
+        ("Here is the function add: it adds.", {"type": "python", "function": "add"}, False),
+    ],
+)
+def test_scorers(output, check, right):
+    assert S.score_item(output, check) is right
+
+
+def test_shipped_suite_is_valid_and_covers_every_category():
+    items = F.load_suite("general")
+    assert len(items) >= 120  # 144 at the last calibration (see build_general.py)
+    counts = {}
+    for item in items:
+        counts[item["category"]] = counts.get(item["category"], 0) + 1
+    assert set(counts) == {"arithmetic", "reasoning", "knowledge", "instructions", "refusal", "code"}
+    assert len({item["id"] for item in items}) == len(items)
+    assert F.categories(["general"]) == list(counts)
+
+
+def test_user_suite_errors_name_the_line(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    good = {"category": "c", "messages": [{"role": "user", "content": "2+2?"}], "check": {"type": "number", "answer": 4}}
+    path.write_text("\n".join([json.dumps(good), "{bad", json.dumps({**good, "check": {"type": "nope"}}),
+                               json.dumps({**good, "check": {"type": "contains"}})]) + "\n")
+    with pytest.raises(DataError) as err:
+        F.load_suite(str(path))
+    assert "3 bad suite item(s)" in err.value.message
+    assert "line 2: not JSON" in err.value.message and "line 3: check.type must be one of" in err.value.message
+    assert "line 4: check of type contains needs any" in err.value.message
+    path.write_text(json.dumps(good) + "\n")
+    assert F.load_suite(str(path))[0]["id"] == "mine-1"
+    with pytest.raises(DataError, match="not found"):
+        F.load_suite("no-such-suite")
+
+
+def test_select_is_round_robin_over_categories_and_keeps_order():
+    items = [{"category": c, "id": f"{c}{i}"} for c, n in (("a", 5), ("b", 1), ("c", 3)) for i in range(n)]
+    chosen = F.select(items, 5)
+    assert [i["id"] for i in chosen] == ["a0", "a1", "b0", "c0", "c1"]
+    assert F.select(items, None) == items and F.select(items, 100) == items
+
+
+def test_summarize_drop_and_verdicts():
+    items = [{"category": "x"}] * 50 + [{"category": "y"}] * 50
+    base = [True] * 50 + [True] * 50
+    tuned = [True] * 49 + [False] + [True] * 40 + [False] * 10  # x: drop 0.02 (warn), y: drop 0.2 (fail)
+    summary = F.summarize(items, {"base": base, "tuned": tuned}, warn=0.02, fail=0.05)
+    assert summary["categories"]["x"] == {"n": 50, "base": 1.0, "tuned": 0.98, "drop": pytest.approx(0.02), "verdict": "warn"}
+    assert summary["categories"]["y"]["verdict"] == "fail" and summary["categories"]["y"]["drop"] == pytest.approx(0.2)
+    assert summary["overall"]["drop"] == pytest.approx(0.11) and summary["overall"]["verdict"] == "fail"
+    assert F.verdict_of(0.0199, 0.02, 0.05) == "ok" and F.verdict_of(0.05, 0.02, 0.05) == "warn"
+    assert F.verdict_of(-0.1, 0.02, 0.05) == "ok"

@@ -1,0 +1,177 @@
+"""Answer chat prompts with a local model (batched, left-padded) or an OpenAI-compatible endpoint.
+
+Both return the same `Generations`: one output, latency and token count per prompt, in the
+prompts' order, so every metric is computed by the same code whatever produced the answers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tunekit.console import console
+from tunekit.errors import TunekitError
+
+
+@dataclass
+class Generations:
+    outputs: list[str]
+    seconds: float  # wall time of the generation loop (warm-up excluded)
+    new_tokens: int
+    latency_s: list[float] = field(default_factory=list)  # per example; a local batch's time is shared by its rows
+    lengths: list[int] = field(default_factory=list)  # generated tokens per example
+
+
+@dataclass
+class Decoding:
+    max_new_tokens: int
+    batch_size: int
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return "greedy" if self.temperature == 0 else f"sampling (temperature {self.temperature}, seed {self.seed})"
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *, label: str) -> Generations:
+    """Completions for chat prompts, batched with left padding, in the prompts' order."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    # Batch prompts of similar length together: less padding, same results (left padding + mask).
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    outputs, latency, produced = [""] * len(texts), [0.0] * len(texts), [0] * len(texts)
+    if not texts:
+        return Generations([], 0.0, 0)
+    with torch.inference_mode():
+        _complete(model, tokenizer, [texts[order[0]]], Decoding(2, 1))  # warm-up, kept out of the timing
+    if decoding.temperature > 0:
+        torch.manual_seed(decoding.seed)
+    started = time.perf_counter()
+    with progress(label, len(texts)) as advance, torch.inference_mode():
+        for start in range(0, len(order), decoding.batch_size):
+            batch = order[start : start + decoding.batch_size]
+            t0 = time.perf_counter()
+            completions = _complete(model, tokenizer, [texts[i] for i in batch], decoding)
+            share = (time.perf_counter() - t0) / len(batch)
+            for row, index in enumerate(batch):
+                tokens = _until_eos(completions[row].tolist(), tokenizer.eos_token_id)
+                produced[index], latency[index] = len(tokens), share
+                outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True)
+            advance(len(batch))
+    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced)
+
+
+def _complete(model, tokenizer, texts: list[str], decoding: Decoding):
+    """Token ids generated after each prompt (batch left-padded, so every row ends where generation starts)."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
+    sampling = {"do_sample": True, "temperature": decoding.temperature} if decoding.temperature > 0 else {"do_sample": False}
+    generated = model.generate(
+        **enc,
+        **sampling,
+        max_new_tokens=decoding.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return generated[:, enc["input_ids"].shape[1] :]
+
+
+def _until_eos(tokens: list[int], eos_token_id: int) -> list[int]:
+    # A finished row is padded (pad == eos for many chat models) while others keep generating.
+    return tokens[: tokens.index(eos_token_id)] if eos_token_id in tokens else tokens
+
+
+def generate_endpoint(client, model_name: str, prompts: list[list[dict]], decoding: Decoding, *, label: str) -> Generations:
+    """One chat completion per prompt from an OpenAI-compatible server (a GGUF runner, a hosted model...)."""
+    import openai
+
+    outputs, latency, produced = [], [], []
+    started = time.perf_counter()
+    with progress(label, len(prompts)) as advance:
+        for prompt in prompts:
+            t0 = time.perf_counter()
+            try:
+                response = client.chat.completions.create(
+                    model=model_name,
+                    messages=prompt,
+                    max_tokens=decoding.max_new_tokens,
+                    temperature=decoding.temperature,
+                    seed=decoding.seed,
+                )
+            except openai.OpenAIError as exc:
+                raise TunekitError(
+                    f"eval.endpoint: the request to {client.base_url} failed: {exc}",
+                    hint="check that the server is running and serves eval.endpoint.model",
+                ) from None
+            latency.append(time.perf_counter() - t0)
+            outputs.append(response.choices[0].message.content or "")
+            produced.append(response.usage.completion_tokens if response.usage else 0)
+            advance(1)
+    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced)
+
+
+def reference_nll(model, tokenizer, prompts: list[list[dict]], references: list[str], *, batch_size: int) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, token count) of each reference answer after its prompt.
+
+    The answer tokens are those the chat template adds for the assistant turn, end-of-turn
+    included, exactly the tokens SFT trains on.
+    """
+    import torch
+
+    rows = []
+    for prompt, reference in zip(prompts, references):
+        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": reference}], tokenize=False)
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        rows.append((full_ids, len(head_ids)))
+    results = []
+    pad = tokenizer.pad_token_id
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, head_len) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+                labels[row, head_len : len(ids)] = torch.tensor(ids[head_len:])
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = labels[:, 1:].to(model.device)
+            picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            valid = target != -100
+            for row in range(len(batch)):
+                results.append((float(-(picked[row][valid[row]]).sum()), int(valid[row].sum())))
+    return results
+
+
+class progress:
+    """A rich progress bar with ETA on the shared console; yields a function that advances it."""
+
+    def __init__(self, label: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self):
+        self._bar.start()
+        return lambda n: self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc):
+        self._bar.stop()
+        return False

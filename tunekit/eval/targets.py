@@ -1,0 +1,137 @@
+"""What is evaluated: the tuned side (adapter, full model, merged export, or an endpoint) and the base.
+
+Each side is an `Answerer`: it answers chat prompts and, when it is a local model, scores the
+log-likelihood of reference answers (for perplexity). With an adapter, both sides share one copy
+of the weights: the base is the same PeftModel inside `disable_adapter()`, which skips the
+adapter layers exactly. A full fine-tuned `model/`, a merged export or an endpoint has no such
+switch, so the base is then loaded on its own from the recipe's `base_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunekit.config import Recipe
+from tunekit.errors import RunDirError, TunekitError
+from tunekit.eval.generation import Decoding, Generations, generate, generate_endpoint, reference_nll
+from tunekit.runs import RunPaths
+
+
+@dataclass
+class Answerer:
+    name: str
+    source: str  # for the report: what produced the answers
+    model: object = None
+    tokenizer: object = None
+    client: object = None
+    endpoint_model: str | None = None
+    base_switch: bool = False  # a PeftModel answering as its base (adapter disabled)
+
+    def _context(self):
+        return self.model.disable_adapter() if self.base_switch else contextlib.nullcontext()
+
+    def answer(self, prompts: list[list[dict]], decoding: Decoding, label: str) -> Generations:
+        if self.client is not None:
+            return generate_endpoint(self.client, self.endpoint_model, prompts, decoding, label=label)
+        with self._context():
+            return generate(self.model, self.tokenizer, prompts, decoding, label=label)
+
+    @property
+    def local(self) -> bool:
+        return self.model is not None
+
+    def nll(self, prompts, references, batch_size: int):
+        with self._context():
+            return reference_nll(self.model, self.tokenizer, prompts, references, batch_size=batch_size)
+
+
+def model_dir(run: RunPaths) -> Path:
+    """A full fine-tune's weights (train.adapter: full writes them here instead of adapter/)."""
+    return getattr(run, "model_dir", run.root / "model")
+
+
+def resolve_target(recipe: Recipe, run: RunPaths) -> str:
+    target = recipe.eval.target
+    if target == "auto":
+        return "model" if (model_dir(run) / "config.json").is_file() else "adapter"
+    return target
+
+
+def _to_device(model):
+    import torch
+
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model.eval()
+
+
+def _load_dir(path: Path, recipe: Recipe):
+    from tunekit.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(path), trust_remote_code=recipe.trust_remote_code)
+    model = load_model(str(path), trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
+    return _to_device(model), tokenizer
+
+
+def _load_base(recipe: Recipe):
+    from tunekit.models import resolve_model
+
+    return _load_dir(Path(resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)), recipe)
+
+
+def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, Answerer]:
+    """{"tuned": ..., "base": ...} (base only when `need_base`)."""
+    target = resolve_target(recipe, run)
+    if target == "adapter":
+        from peft import PeftModel
+
+        from tunekit.models import load_model, load_tokenizer, resolve_model
+
+        adapter_dir = run.require(run.adapter_dir / "adapter_config.json", "train").parent
+        base_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
+        # The adapter dir carries the tokenizer the model was trained with (chat template included).
+        has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(str(adapter_dir if has_tokenizer else base_path), trust_remote_code=recipe.trust_remote_code)
+        base = load_model(base_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
+        model = _to_device(PeftModel.from_pretrained(base, str(adapter_dir)))
+        sides = {"tuned": Answerer("tuned", f"{recipe.base_model} + {adapter_dir}", model, tokenizer)}
+        if need_base:
+            sides["base"] = Answerer("base", recipe.base_model, model, tokenizer, base_switch=True)
+        return sides
+    if target == "endpoint":
+        sides = {"tuned": _endpoint(recipe)}
+    else:
+        path = model_dir(run) if target == "model" else run.merged_dir
+        stage = "train" if target == "model" else "export"
+        run.require(path / "config.json", stage)
+        model, tokenizer = _load_dir(path, recipe)
+        sides = {"tuned": Answerer("tuned", str(path), model, tokenizer)}
+    if need_base:
+        model, tokenizer = _load_base(recipe)
+        sides["base"] = Answerer("base", recipe.base_model, model, tokenizer)
+    return sides
+
+
+def _endpoint(recipe: Recipe) -> Answerer:
+    import openai
+
+    cfg = recipe.eval.endpoint
+    api_key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "tunekit"
+    if cfg.api_key_env and not api_key:
+        raise TunekitError(f"eval.endpoint.api_key_env: environment variable {cfg.api_key_env} is not set")
+    client = openai.OpenAI(base_url=cfg.base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=2)
+    return Answerer("tuned", f"{cfg.base_url} ({cfg.model})", client=client, endpoint_model=cfg.model)
+
+
+def require_trained(recipe: Recipe, run: RunPaths) -> None:
+    """Fail early, before loading anything, when the chosen target has nothing to load."""
+    target = resolve_target(recipe, run)
+    if target == "adapter":
+        run.require(run.adapter_dir / "adapter_config.json", "train")
+    elif target == "model":
+        run.require(model_dir(run) / "config.json", "train")
+    elif target == "merged" and not (run.merged_dir / "config.json").is_file():
+        raise RunDirError(f"{run.merged_dir / 'config.json'} not found", hint="run `tunekit export` first (export.merged: true)")
