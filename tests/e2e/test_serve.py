@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -374,6 +375,21 @@ def test_run_dir_prefers_the_merged_export(tmp_path, model_dir, reference):
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(merged)
     engine = Engine.from_path(run)
     assert engine.name == "merged-run" and engine.source == str(merged)
+    text, prompt_tokens, generated = greedy_reference(*reference, CHAT, max_new_tokens=8)
+    finish = "length" if generated == 8 else "stop"
+    assert engine.chat(CHAT, max_tokens=8, temperature=0) == (text, prompt_tokens, generated, finish)
+
+
+def test_run_dir_of_a_full_fine_tune_serves_its_model(tmp_path, model_dir, reference):
+    """A full fine-tune writes model/ and no adapter/: that model is what is served."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = _make_run(tmp_path, model_dir, name="full-run")
+    shutil.rmtree(run / "adapter")
+    AutoModelForCausalLM.from_pretrained(model_dir).save_pretrained(run / "model")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run / "model")
+    engine = Engine.from_path(run)
+    assert engine.name == "full-run" and engine.source == str(run / "model")
     text, prompt_tokens, generated = greedy_reference(*reference, CHAT, max_new_tokens=8)
     finish = "length" if generated == 8 else "stop"
     assert engine.chat(CHAT, max_tokens=8, temperature=0) == (text, prompt_tokens, generated, finish)

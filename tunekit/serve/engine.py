@@ -91,8 +91,10 @@ class Engine:
         allow_pickle = allow_pickle or recipe.allow_pickle
         trust_remote_code = trust_remote_code or recipe.trust_remote_code
         name = run_dir.resolve().name
-        if (run.merged_dir / "config.json").is_file():
-            return cls._from_model(str(run.merged_dir), name, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        # A merged export, or a full fine-tune's own model/, is a complete model: no adapter to attach.
+        for model_dir in (run.merged_dir, run.model_dir):
+            if (model_dir / "config.json").is_file():
+                return cls._from_model(str(model_dir), name, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         run.require(run.adapter_dir / "adapter_config.json", "train")
 
         from peft import PeftModel
