@@ -14,6 +14,7 @@ from transformers import TrainerCallback, TrainerState
 from tunekit.config import parse_recipe
 from tunekit.errors import RecipeError, RunDirError, TunekitError
 from tunekit.runs import RunPaths, write_jsonl
+from tests.unit.train_helpers import tiny_train_run
 from tunekit.train import run_training
 from tunekit.train.callbacks import MetricsLog
 from tunekit.train.robust import (
@@ -30,17 +31,7 @@ def _chat(user: str, reply: str) -> dict:
 
 
 def _make_run(tmp_path, tiny_model_dir, train_rows, val_rows, **train):
-    recipe = parse_recipe(
-        {
-            "base_model": str(tiny_model_dir),
-            "data": {"train": "train.jsonl", "max_length": 128},
-            "train": {"batch_size": 4, "logging_steps": 1, "warmup_ratio": 0.0, "lr_scheduler": "constant", **train},
-            "output_dir": "runs",
-            "name": "t",
-        },
-        base_dir=tmp_path,
-    )
-    run = RunPaths(recipe.run_dir)
+    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train)
     write_jsonl(run.split("train"), train_rows)
     if val_rows:
         write_jsonl(run.split("val"), val_rows)

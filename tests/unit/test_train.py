@@ -7,24 +7,14 @@ import json
 import torch
 from transformers import TrainerCallback
 
-from tunekit.config import parse_recipe
-from tunekit.runs import RunPaths, write_jsonl
+from tunekit.runs import write_jsonl
+from tests.unit.train_helpers import tiny_train_run
 from tunekit.train import run_training
 from tunekit.train.sft import build_trainer
 
 
 def _make_run(tmp_path, tiny_model_dir, chat_rows, **train):
-    recipe = parse_recipe(
-        {
-            "base_model": str(tiny_model_dir),
-            "data": {"train": "train.jsonl", "max_length": 128},
-            "train": {"batch_size": 4, "logging_steps": 1, "warmup_ratio": 0.0, "lr_scheduler": "constant", **train},
-            "output_dir": "runs",
-            "name": "t",
-        },
-        base_dir=tmp_path,
-    )
-    run = RunPaths(recipe.run_dir)
+    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train)
     rows = [{**row, "meta": {"source": "train.jsonl", "line": i + 1}} for i, row in enumerate(chat_rows)]
     write_jsonl(run.split("train"), rows[:8])
     write_jsonl(run.split("val"), rows[8:])

@@ -51,7 +51,7 @@ def _learning_rate(recipe: Recipe) -> list[str]:
         return []
     if uses_adapter and lr > 5e-4:
         return [f"train.learning_rate {lr:g} is high for {train.adapter} (> 5e-4); LoRA usually trains well at 1e-4 to "
-                "2e-4 and tends to diverge or forget above"]
+                "2e-4 and tends to diverge or forget above 5e-4"]
     if uses_adapter and lr < 1e-5:
         return [f"train.learning_rate {lr:g} is very low for {train.adapter} (< 1e-5); the adapter will barely move "
                 "(LoRA usually uses 1e-4 to 2e-4)"]
