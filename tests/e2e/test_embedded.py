@@ -27,6 +27,7 @@ def test_example_recipe_end_to_end_on_the_embedded_model(tmp_path, embedded_mode
         "--set", "eval.forgetting.max_items=12",
         "--set", "export.gguf.parity_prompts=6",
         "--set", "export.gguf.min_parity=0.8",  # a 4-step model: one F16 near-tie in 6 is allowed
+        timeout=1800,  # every stage on the real model, GGUF export included: minutes on 2 busy cores
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "ticket-triage"
