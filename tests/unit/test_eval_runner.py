@@ -138,3 +138,31 @@ def test_full_model_dir_and_forgetting_suite(run_dir, tiny_model_dir, tmp_path):
     overall = report["forgetting"]["overall"]
     assert overall["n"] == 4 and overall["drop"] == 0 and overall["verdict"] == "ok"
     assert overall["base"] == sum(r["base_right"] for r in rows) / 4
+
+
+def test_suite_questions_and_test_examples_seen_through_train_mix_are_left_out(run_dir, tiny_model_dir, tmp_path):
+    """train.mix writes data/train_mixed.jsonl (what was trained on); eval checks both the test
+    split and the forgetting suite against it, and leaves out what it finds."""
+    run = RunPaths(run_dir)
+    test_rows = read_jsonl(run.split("test"))
+    suite = tmp_path / "mine.jsonl"
+    items = [{"category": c, "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+              "check": {"type": "number", "answer": i + 1}} for i, c in enumerate("aabb")]
+    suite.write_text("".join(json.dumps(item) + "\n" for item in items))
+    mixed = [test_rows[0] | {"messages": test_rows[0]["messages"][:-1] + [{"role": "assistant", "content": "other"}]}, test_rows[2],
+             {"messages": [{"role": "user", "content": "What is 2 + 1?"}, {"role": "assistant", "content": "3"}]}]
+    write_jsonl(run.mixed_train, mixed)
+    _set(run_dir, forgetting={"enabled": True, "suites": [str(suite)], "batch_size": 2}, gates=[])
+    recipe, run, report, failure = _run(run_dir)
+    assert failure is None
+    predictions = read_jsonl(run.eval_dir / "predictions.jsonl")
+    assert [p["excluded"] for p in predictions] == [False, False, True, False, False]
+    assert predictions[2]["contamination"]["split"] == "train_mixed"
+    assert predictions[2]["contamination"]["line"] == len(mixed) - 1
+    forgetting = report["forgetting"]
+    assert forgetting["contaminated"]["n"] == 1 and forgetting["contaminated"]["ids"] == [f"{suite.stem}-3"]
+    assert forgetting["overall"]["n"] == 3 and forgetting["categories"]["b"]["n"] == 1
+    rows = read_jsonl(run.eval_dir / "forgetting_predictions.jsonl")
+    left_out = [r for r in rows if r.get("excluded")]
+    assert len(rows) == 4 and [r["messages"][0]["content"] for r in left_out] == ["What is 2 + 1?"]
+    assert left_out[0]["contamination"]["kind"] == "exact"

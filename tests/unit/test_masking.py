@@ -440,3 +440,20 @@ def test_a_template_error_is_a_data_error(smol_tokenizer):
     tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(DataError, match="roles must alternate"):
         tokenize_chat(tokenizer, [user("a"), assistant("b")])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_stops_on_the_end_of_turn_token_as_well_as_eos(family_tokenizers, family):
+    from types import SimpleNamespace
+
+    from tunekit.eval.generation import _until_stop
+    from tunekit.models import stop_token_ids
+
+    tokenizer = family_tokenizers[family]
+    end_id = tokenizer.convert_tokens_to_ids(FAMILIES[family]["end"])
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7]))  # only the config's stop ids are read
+    stops = stop_token_ids(model, tokenizer)
+    assert stops[0] == 7 and tokenizer.eos_token_id in stops and end_id in stops
+    assert len(stops) == len(set(stops))
+    assert _until_stop([5, 9, end_id, 11, tokenizer.eos_token_id], stops) == [5, 9]
+    assert _until_stop([5, 9], stops) == [5, 9]

@@ -17,10 +17,12 @@ from tunekit.runs import RunPaths, read_jsonl
 
 
 def training_rows(run: RunPaths) -> list[tuple[str, int, list]]:
-    """(split, line, messages) of every prepared training and validation row."""
+    """(split, line, messages) of every row trained or validated on: the prepared train split, or
+    data/train_mixed.jsonl where train.mix added general rows to it, and the validation split."""
     rows = []
-    for split in ("train", "val"):
-        path: Path = run.split(split)
+    trained = {"train_mixed": run.mixed_train} if run.mixed_train.is_file() else {"train": run.split("train")}
+    sources = {**trained, "val": run.split("val")}
+    for split, path in sources.items():
         if path.is_file():
             for line, row in enumerate(read_jsonl(path), start=1):
                 if "messages" in row:
@@ -66,3 +68,8 @@ def find_contamination(examples: list[list[dict]], train: list[tuple[str, int, l
             split, line, _ = train[candidates[best]]
             found[position] = {"kind": "near", "split": split, "line": line, "similarity": round(float(similarity[best]), 4)}
     return found
+
+
+def user_turns(messages: list[dict]) -> list[dict]:
+    """Only the user's turns: what a prompt-only item (a forgetting-suite question) is compared on."""
+    return [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]

@@ -38,6 +38,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     """Completions for chat prompts, batched with left padding, in the prompts' order."""
     import torch
 
+    from tunekit.models import stop_token_ids
+
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     # Batch prompts of similar length together: less padding, same results (left padding + mask).
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
@@ -45,8 +47,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     outputs, latency, produced = [""] * len(texts), [0.0] * len(texts), [0] * len(texts)
     if not texts:
         return Generations([], 0.0, 0)
+    stops = stop_token_ids(model, tokenizer)
     with torch.inference_mode():
-        _complete(model, tokenizer, [texts[order[0]]], Decoding(2, 1))  # warm-up, kept out of the timing
+        _complete(model, tokenizer, [texts[order[0]]], Decoding(2, 1), stops)  # warm-up, kept out of the timing
     if decoding.temperature > 0:
         torch.manual_seed(decoding.seed)
     started = time.perf_counter()
@@ -54,17 +57,17 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
         for start in range(0, len(order), decoding.batch_size):
             batch = order[start : start + decoding.batch_size]
             t0 = time.perf_counter()
-            completions = _complete(model, tokenizer, [texts[i] for i in batch], decoding)
+            completions = _complete(model, tokenizer, [texts[i] for i in batch], decoding, stops)
             share = (time.perf_counter() - t0) / len(batch)
             for row, index in enumerate(batch):
-                tokens = _until_eos(completions[row].tolist(), tokenizer.eos_token_id)
+                tokens = _until_stop(completions[row].tolist(), stops)
                 produced[index], latency[index] = len(tokens), share
                 outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True)
             advance(len(batch))
     return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced)
 
 
-def _complete(model, tokenizer, texts: list[str], decoding: Decoding):
+def _complete(model, tokenizer, texts: list[str], decoding: Decoding, stops: list[int]):
     """Token ids generated after each prompt (batch left-padded, so every row ends where generation starts)."""
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
     sampling = {"do_sample": True, "temperature": decoding.temperature} if decoding.temperature > 0 else {"do_sample": False}
@@ -73,14 +76,15 @@ def _complete(model, tokenizer, texts: list[str], decoding: Decoding):
         **sampling,
         max_new_tokens=decoding.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops,
     )
     return generated[:, enc["input_ids"].shape[1] :]
 
 
-def _until_eos(tokens: list[int], eos_token_id: int) -> list[int]:
+def _until_stop(tokens: list[int], stops: list[int]) -> list[int]:
     # A finished row is padded (pad == eos for many chat models) while others keep generating.
-    return tokens[: tokens.index(eos_token_id)] if eos_token_id in tokens else tokens
+    ends = [i for i, token in enumerate(tokens) if token in stops]
+    return tokens[: ends[0]] if ends else tokens
 
 
 def generate_endpoint(client, model_name: str, prompts: list[list[dict]], decoding: Decoding, *, label: str) -> Generations:

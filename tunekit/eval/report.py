@@ -147,6 +147,9 @@ def _print_forgetting(forgetting: dict) -> None:
         table.add_row(name, str(block["n"]), _fmt(block.get("base")), _fmt(block.get("tuned")), _fmt(block.get("drop")),
                       f"[{colours[verdict]}]{verdict.upper()}[/]")
     console.print(table)
+    left_out = (forgetting.get("contaminated") or {}).get("n", 0)
+    if left_out:
+        console.print(f"[yellow]{left_out} suite item(s) left out: their question is in the training data[/]")
 
 
 def _print_judge(judge: dict) -> None:

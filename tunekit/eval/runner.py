@@ -79,11 +79,27 @@ def _contamination(recipe: Recipe, run: RunPaths, examples: list[Example]) -> li
     return find_contamination(chats, training_rows(run), near_threshold=cfg.near_threshold, clean=recipe.data.clean)
 
 
-def _forgetting(recipe: Recipe, sides: dict) -> tuple[dict, list[dict]] | tuple[None, list]:
+def _suite_contamination(recipe: Recipe, run: RunPaths, items: list[dict]) -> list[dict | None]:
+    """Suite items whose question was trained on (e.g. through train.mix), compared on user turns."""
+    cfg = recipe.eval.contamination
+    if not cfg.enabled:
+        return [None] * len(items)
+    from tunekit.eval.contamination import find_contamination, training_rows, user_turns
+
+    train = [(split, line, user_turns(messages)) for split, line, messages in training_rows(run)]
+    questions = [user_turns(item["messages"]) for item in items]
+    return find_contamination(questions, train, near_threshold=cfg.near_threshold, clean=recipe.data.clean)
+
+
+def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[dict]] | tuple[None, list]:
     cfg = recipe.eval.forgetting
     if not cfg.enabled:
         return None, []
-    items = F.select([item for name in cfg.suites for item in F.load_suite(name)], cfg.max_items)
+    items = [item for name in cfg.suites for item in F.load_suite(name)]
+    # A question seen in training says nothing about forgetting: it is left out before sampling.
+    flags = _suite_contamination(recipe, run, items)
+    excluded = [(item, flag) for item, flag in zip(items, flags) if flag is not None and recipe.eval.contamination.exclude]
+    items = F.select([item for item, flag in zip(items, flags) if flag is None or not recipe.eval.contamination.exclude], cfg.max_items)
     decoding = Decoding(F.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
     outputs = {name: F.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
     correct = {name: [F.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
@@ -92,7 +108,11 @@ def _forgetting(recipe: Recipe, sides: dict) -> tuple[dict, list[dict]] | tuple[
          **{f"{name}_output": outputs[name][i] for name in outputs}, **{f"{name}_right": correct[name][i] for name in correct}}
         for i, item in enumerate(items)
     ]
-    return F.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop), rows
+    rows += [{"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"],
+              "check": item["check"], "contamination": flag, "excluded": True} for item, flag in excluded]
+    summary = F.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
+    summary["contaminated"] = {"n": len(excluded), "ids": [item["id"] for item, _ in excluded]}
+    return summary, rows
 
 
 def _judge(recipe: Recipe, run: RunPaths, examples, kept: list[int], outputs: dict[str, list[str]]):
@@ -141,7 +161,7 @@ def run_eval(recipe: Recipe, run: RunPaths) -> dict:
         nll = {name: sides[name].nll(prompts, references, cfg.batch_size) for name in task_sides if sides[name].local}
     scored = {name: [T.score(out, ref, spec) for out, ref in zip(gen.outputs, references)] for name, gen in generations.items()}
 
-    forgetting, forgetting_rows = _forgetting(recipe, sides)
+    forgetting, forgetting_rows = _forgetting(recipe, run, sides)
     judge, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
 
     report = build_report(

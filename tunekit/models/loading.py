@@ -156,3 +156,23 @@ def load_model(model_path: str, *, dtype: str = "float32", trust_remote_code: bo
         )
     except OSError as exc:
         raise ModelError(f"cannot load model '{model_path}': {exc}") from None
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Token ids that end an answer: the generation config's eos ids, the tokenizer's eos and the
+    chat template's end-of-turn token (Llama-3's `<|eot_id|>` where eos is `<|end_of_text|>`)."""
+    from tunekit.errors import DataError
+    from tunekit.train.masking import end_of_turn_id
+
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    extra = [tokenizer.eos_token_id]
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            extra.append(end_of_turn_id(tokenizer))
+        except DataError:  # a template that cannot render a plain chat: eos alone, as before
+            pass
+    for token in extra:
+        if token is not None and token not in ids:
+            ids.append(token)
+    return ids

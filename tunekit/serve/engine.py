@@ -157,11 +157,9 @@ class Engine:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        from tunekit.models import stop_token_ids
+
+        return stop_token_ids(self.model, self.tokenizer)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of the conversation under the model's chat template, ready for the answer."""

@@ -146,6 +146,8 @@ def load_splits(recipe: Recipe, run: RunPaths, tokenizer) -> tuple[list[dict], l
 
         train_rows, details["mix"] = mix_general_rows(recipe, run, train_rows, tokenizer)
         details["train_rows"] = len(train_rows)
+    else:  # eval's contamination check reads this file as "what was trained on": none may linger
+        run.mixed_train.unlink(missing_ok=True)
     return train_rows, val_rows, details
 
 
