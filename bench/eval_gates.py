@@ -4,7 +4,7 @@ Scenarios (each a full `tunekit run --stages prepare,train,eval` of examples/tic
 with `--set` overrides, in a fresh process, on the embedded SmolLM2-135M-Instruct):
 
 - default      the shipped recipe as it is (general replay mixed in): should PASS, forgetting drop small.
-- overtrained  a narrow slice of the task (the first 80 tickets), 20 epochs, lr 3e-3, no replay:
+- overtrained  a narrow slice of the task (the first 40 tickets), 20 epochs, lr 3e-3, no replay:
                the forgetting suite should show a large drop and the gate should FAIL.
 - shuffled     the shipped recipe on training tickets whose answers are shuffled between rows, so
                the format is learnt but the labels are noise: the task gates should FAIL.
@@ -54,7 +54,7 @@ def scenario_overrides(name: str, work: Path) -> list[str]:
     if name == "default":
         return common
     if name == "overtrained":
-        narrow_slice(train, work / "train_narrow.jsonl", 80)
+        narrow_slice(train, work / "train_narrow.jsonl", 40)
         return [*common, f"data.train={work / 'train_narrow.jsonl'}", "train.epochs=20", "train.learning_rate=3.0e-3", "train.mix=null"]
     if name == "shuffled":
         shuffled_labels(train, work / "train_shuffled.jsonl")
@@ -62,11 +62,20 @@ def scenario_overrides(name: str, work: Path) -> list[str]:
     raise SystemExit(f"unknown scenario {name}")
 
 
+def eval_overrides() -> list[str]:
+    """`--set` options giving a run the example recipe's current forgetting settings and gates."""
+    from tunekit.config import load_recipe
+
+    current = load_recipe(EXAMPLE / "recipe.yaml").eval
+    return ["--set", f"eval.forgetting.max_items={current.forgetting.max_items}", "--set", f"eval.gates={json.dumps(list(current.gates))}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="default,overtrained,shuffled")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "eval_gates")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra recipe override for every scenario")
+    parser.add_argument("--eval-only", action="store_true", help="re-run only eval on the scenarios' existing trained runs")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -74,13 +83,16 @@ def main() -> None:
 
     for name in args.scenarios.split(","):
         overrides = [*scenario_overrides(name, args.work), *args.extra]
-        command = [sys.executable, "-m", "tunekit", "run", str(EXAMPLE / "recipe.yaml"), "--stages", "prepare,train,eval", "--overwrite"]
-        for item in overrides:
-            command += ["--set", item]
+        run_dir = args.work / "runs" / f"gates-{name}"
+        if args.eval_only:  # the run keeps its recipe; the example's current eval section is laid over it
+            command = [sys.executable, "-m", "tunekit", "eval", str(run_dir), *eval_overrides()]
+        else:
+            command = [sys.executable, "-m", "tunekit", "run", str(EXAMPLE / "recipe.yaml"), "--stages", "prepare,train,eval", "--overwrite"]
+            for item in overrides:
+                command += ["--set", item]
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         wall = round(time.perf_counter() - started, 1)
-        run_dir = args.work / "runs" / f"gates-{name}"
         report_path = run_dir / "eval" / "eval_report.json"
         if not report_path.is_file():
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
@@ -91,6 +103,7 @@ def main() -> None:
         record = {
             "workload": "ticket-triage example trained and evaluated on CPU, smollm2-135m-instruct",
             "scenario": name,
+            "stages_run": "eval" if args.eval_only else "prepare,train,eval",
             "overrides": overrides,
             "exit_code": done.returncode,
             "verdict": report["verdict"],

@@ -22,6 +22,9 @@ from tunekit.eval import scorers as S
         ("The capital is Paris.", {"type": "contains", "any": ["Paris"]}, True),
         ("Comparison of sparisons", {"type": "contains", "any": ["Paris"]}, False),  # whole words only
         ("Carbon dioxide, CO2", {"type": "contains", "any": ["carbon dioxide"]}, True),
+        ("Water boils at 100 degrees.", {"type": "contains", "any": ["100"]}, True),  # numbers are words too
+        ("It has 1000 parts.", {"type": "contains", "any": ["100"]}, False),
+        ("Plants take in CO2.", {"type": "contains", "any": ["carbon dioxide", "CO2"]}, True),
         ("Blue.", {"type": "one_word", "any": ["blue"]}, True),
         ("The sky is blue.", {"type": "one_word", "any": ["blue"]}, False),
         ("Bonjour, comment allez-vous ? Je suis très content.", {"type": "french"}, True),
@@ -45,13 +48,29 @@ def test_scorers(output, check, right):
 
 def test_shipped_suite_is_valid_and_covers_every_category():
     items = F.load_suite("general")
-    assert len(items) >= 120  # 144 at the last calibration (see build_general.py)
+    assert len(items) >= 700
     counts = {}
     for item in items:
         counts[item["category"]] = counts.get(item["category"], 0) + 1
     assert set(counts) == {"arithmetic", "reasoning", "knowledge", "instructions", "refusal", "code"}
+    assert min(counts.values()) >= 60
+    # Every item's own answer would score right: the scorers and the answers agree.
+    for item in items:
+        check = item["check"]
+        if check["type"] == "number":
+            assert S.score_item(f"The answer is {check['answer']}.", check)
+        elif check["type"] == "contains":
+            assert S.score_item(f"It is {check['any'][0]}.", check)
+    assert len({item["messages"][0]["content"] for item in items}) == len(items)
     assert len({item["id"] for item in items}) == len(items)
     assert F.categories(["general"]) == list(counts)
+
+
+def test_shipped_suite_file_is_what_the_builder_writes():
+    from tunekit.eval.suites import build_general
+
+    lines = [json.dumps(item, ensure_ascii=False) for item in build_general.candidates()]
+    assert F.suite_path("general").read_text(encoding="utf-8").splitlines() == lines
 
 
 def test_user_suite_errors_name_the_line(tmp_path):
@@ -87,3 +106,23 @@ def test_summarize_drop_and_verdicts():
     assert summary["overall"]["drop"] == pytest.approx(0.11) and summary["overall"]["verdict"] == "fail"
     assert F.verdict_of(0.0199, 0.02, 0.05) == "ok" and F.verdict_of(0.05, 0.02, 0.05) == "warn"
     assert F.verdict_of(-0.1, 0.02, 0.05) == "ok"
+
+
+def test_example_replay_data_shares_no_question_with_the_suite_and_fills_the_mix():
+    """examples/ticket_triage/data/general.jsonl is trained on (train.mix): a suite question in it
+    would be left out of the forgetting score, and too few rows would stop training."""
+    from pathlib import Path
+
+    from tunekit.config import load_recipe
+    from tunekit.eval.contamination import find_contamination, user_turns
+    from tunekit.train.mixing import mixed_count
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "ticket_triage"
+    recipe = load_recipe(example / "recipe.yaml")
+    rows = [json.loads(line) for line in recipe.train.mix.file.read_text(encoding="utf-8").splitlines()]
+    assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] and row["messages"][1]["content"] for row in rows)
+    train_rows = sum(1 for _ in (example / "data" / "train.jsonl").open()) * (1 - recipe.data.val_fraction)
+    assert len(rows) >= mixed_count(int(train_rows), recipe.train.mix.ratio)
+    questions = [user_turns(item["messages"]) for item in F.load_suite("general")]
+    train = [("mix", n, user_turns(row["messages"])) for n, row in enumerate(rows, start=1)]
+    assert find_contamination(questions, train, near_threshold=recipe.eval.contamination.near_threshold) == [None] * len(questions)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)  # letters and digits: 'CO2', '100'
 
 # Function words that are common in one language and rare in the other (no shared spellings).
 FRENCH_WORDS = frozenset(

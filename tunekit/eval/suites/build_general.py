@@ -1,13 +1,15 @@
-"""Build the shipped forgetting suite `general.jsonl` (run from the repository root).
+"""Build the shipped forgetting suite `general.jsonl` (deterministic: the same file every time).
 
-    python -m tunekit.eval.suites.build_general              # every candidate, as JSONL on stdout
-    python -m tunekit.eval.suites.build_general --calibrate  # keep what the embedded base answers right -> general.jsonl
+    python -m tunekit.eval.suites.build_general          # rewrite tunekit/eval/suites/general.jsonl
+    python -m tunekit.eval.suites.build_general --out -  # JSONL on stdout
 
-The suite measures a *drop* from the base model, so an item the base model already fails says
-nothing about forgetting, and neither does one it gets right only by a hair (any change of the
-weights flips it). Calibration therefore answers every candidate with the embedded
-SmolLM2-135M-Instruct, greedily as `tunekit eval` does and sampled a few times, and keeps the
-items answered right every time, capped per category. A user's own suite uses the same line format:
+Every item is kept, including those a given base model gets wrong. `tunekit eval` scores base and
+tuned on the same items and reports the difference, so an item neither gets right costs a little
+time and biases nothing. Keeping only the items the base answers right would: the items it gets
+right by a hair flip under any change of the weights, and chosen for being right they can only
+flip one way, so such a suite shows a "drop" for every fine-tune, however harmless (measured on
+the ticket-triage example: a drop of 0.125 on the base's right answers where the whole suite
+showed a gain of 0.07). A user's own suite uses the same line format:
 
     {"id": "...", "category": "...", "messages": [{"role": "user", "content": "..."}],
      "check": {"type": "number", "answer": 12}, "max_new_tokens": 24}
@@ -21,7 +23,6 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CAP_PER_CATEGORY = 80
 
 
 def _item(category: str, prompt: str, check: dict, max_new_tokens: int = 16) -> dict:
@@ -357,73 +358,16 @@ def candidates(seed: int = 0) -> list[dict]:
     return unique
 
 
-def calibrate(items: list[dict], cap: int, batch_size: int, samples: int = 3, temperature: float = 0.7,
-              outputs_path: Path | None = None) -> list[dict]:
-    """Keep the items the embedded base answers right *steadily*, at most `cap` per category, in order.
-
-    Right under greedy decoding is not enough: an item the base gets right by a hair flips under
-    any change of the weights, so a suite of such items shows a "drop" for every fine-tune, however
-    harmless (and, chosen because the base got them right, can only go down). An item is kept when
-    the greedy answer is right and so is each of `samples` sampled answers at `temperature`.
-    """
-    from tunekit.eval.forgetting import DEFAULT_MAX_NEW_TOKENS, answer_items
-    from tunekit.eval.generation import Decoding, generate
-    from tunekit.eval.scorers import score_item
-    from tunekit.models import load_model, load_tokenizer, resolve_model
-
-    path = resolve_model("smollm2-135m-instruct")
-    model, tokenizer = load_model(path).eval(), load_tokenizer(path)
-
-    def answer(prompts, decoding, label):
-        return generate(model, tokenizer, prompts, decoding, label=label)
-
-    greedy = answer_items(answer, items, Decoding(DEFAULT_MAX_NEW_TOKENS, batch_size), "calibrating (greedy)")
-    right = [score_item(output, item["check"]) for item, output in zip(items, greedy)]
-    steady = [0] * len(items)
-    candidates_right = [i for i, ok in enumerate(right) if ok]
-    for seed in range(1, samples + 1):
-        decoding = Decoding(DEFAULT_MAX_NEW_TOKENS, batch_size, temperature, seed)
-        sampled = answer_items(answer, [items[i] for i in candidates_right], decoding, f"calibrating (sample {seed})")
-        for i, output in zip(candidates_right, sampled):
-            steady[i] += score_item(output, items[i]["check"])
-    if outputs_path is not None:  # the base model's answers, for a person to check the scorers against
-        with outputs_path.open("w", encoding="utf-8") as fh:
-            for item, output, ok, count in zip(items, greedy, right, steady):
-                fh.write(json.dumps({"id": item["id"], "output": output, "right": ok, "sampled_right": count}) + "\n")
-
-    kept, per_category, total = [], {}, {}
-    for item, ok, count in zip(items, right, steady):
-        total[item["category"]] = total.get(item["category"], 0) + 1
-        if ok and count == samples and per_category.get(item["category"], 0) < cap:
-            per_category[item["category"]] = per_category.get(item["category"], 0) + 1
-            kept.append(item)
-    for category, count in total.items():
-        print(f"{category}: {per_category.get(category, 0)} kept of {count} candidates")
-    return kept
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibrate", action="store_true", help="keep only items the embedded base model answers right")
-    parser.add_argument("--cap", type=int, default=CAP_PER_CATEGORY)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=3, help="sampled answers that must be right too (calibration)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="temperature of those samples")
-    parser.add_argument("--out", type=Path, help="where to write (default: general.jsonl here, or stdout without --calibrate)")
-    parser.add_argument("--outputs", type=Path, help="also write the base model's answer to every candidate here")
+    parser.add_argument("--out", default=str(HERE / "general.jsonl"), help="file to write, or - for stdout")
     args = parser.parse_args()
-    items = candidates()
-    if args.calibrate:
-        items = calibrate(items, args.cap, args.batch_size, args.samples, args.temperature, args.outputs)
-    target = args.out or (HERE / "general.jsonl" if args.calibrate else None)
-    if target is None:
-        for item in items:
-            print(json.dumps(item, ensure_ascii=False))
+    lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in candidates())
+    if args.out == "-":
+        print(lines, end="")
         return
-    with target.open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    print(f"wrote {len(items)} items to {target}")
+    Path(args.out).write_text(lines, encoding="utf-8")
+    print(f"wrote {lines.count(chr(10))} items to {args.out}")
 
 
 if __name__ == "__main__":
