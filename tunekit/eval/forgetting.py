@@ -1,9 +1,10 @@
 """The forgetting suite: general-capability items the tuned model never saw, scored automatically.
 
 The shipped suite `general` (tunekit/eval/suites/general.jsonl, built by build_general.py) holds
-arithmetic, reasoning, knowledge, instruction-following, refusal and code items that the embedded
-base model answers right. A tuned model that answers fewer of them has forgotten something. Users
-add their own suites as JSONL files in the same format (see build_general.py).
+790 arithmetic, reasoning, knowledge, instruction-following, refusal and code items. Base and
+tuned answer the same items; a tuned model that answers fewer of them right has forgotten
+something. Items are not filtered by the base's answers (see build_general.py for why). Users
+add their own suites as JSONL files in the same format.
 """
 
 from __future__ import annotations
