@@ -6,6 +6,7 @@ with `--set` overrides, in a fresh process, on the embedded SmolLM2-135M-Instruc
 - default      the shipped recipe as it is (general replay mixed in): should PASS, forgetting drop small.
 - overtrained  a narrow slice of the task (the first 40 tickets), 20 epochs, lr 3e-3, no replay:
                the forgetting suite should show a large drop and the gate should FAIL.
+- noreplay     the shipped recipe without train.mix: how much the replay buys.
 - shuffled     the shipped recipe on training tickets whose answers are shuffled between rows, so
                the format is learnt but the labels are noise: the task gates should FAIL.
 
@@ -56,6 +57,8 @@ def scenario_overrides(name: str, work: Path) -> list[str]:
     if name == "overtrained":
         narrow_slice(train, work / "train_narrow.jsonl", 40)
         return [*common, f"data.train={work / 'train_narrow.jsonl'}", "train.epochs=20", "train.learning_rate=3.0e-3", "train.mix=null"]
+    if name == "noreplay":
+        return [*common, "train.mix=null"]
     if name == "shuffled":
         shuffled_labels(train, work / "train_shuffled.jsonl")
         return [*common, f"data.train={work / 'train_shuffled.jsonl'}"]
