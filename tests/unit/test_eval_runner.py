@@ -160,7 +160,7 @@ def test_suite_questions_and_test_examples_seen_through_train_mix_are_left_out(r
     assert predictions[2]["contamination"]["split"] == "train_mixed"
     assert predictions[2]["contamination"]["line"] == len(mixed) - 1
     forgetting = report["forgetting"]
-    assert forgetting["contaminated"]["n"] == 1 and forgetting["contaminated"]["ids"] == [f"{suite.stem}-3"]
+    assert forgetting["contaminated"] == {"n": 1, "excluded": True, "ids": [f"{suite.stem}-3"]}
     assert forgetting["overall"]["n"] == 3 and forgetting["categories"]["b"]["n"] == 1
     rows = read_jsonl(run.eval_dir / "forgetting_predictions.jsonl")
     left_out = [r for r in rows if r.get("excluded")]

@@ -147,9 +147,10 @@ def _print_forgetting(forgetting: dict) -> None:
         table.add_row(name, str(block["n"]), _fmt(block.get("base")), _fmt(block.get("tuned")), _fmt(block.get("drop")),
                       f"[{colours[verdict]}]{verdict.upper()}[/]")
     console.print(table)
-    left_out = (forgetting.get("contaminated") or {}).get("n", 0)
-    if left_out:
-        console.print(f"[yellow]{left_out} suite item(s) left out: their question is in the training data[/]")
+    seen = forgetting.get("contaminated") or {}
+    if seen.get("n"):
+        fate = "left out" if seen.get("excluded") else "kept (eval.contamination.exclude is off)"
+        console.print(f"[yellow]{seen['n']} suite item(s) {fate}: their question is in the training data[/]")
 
 
 def _print_judge(judge: dict) -> None:

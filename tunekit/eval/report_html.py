@@ -55,8 +55,9 @@ def _forgetting(forgetting: dict) -> str:
         verdict = block["verdict"]
         rows.append([escape(name), block["n"], _num(block.get("base")), _num(block.get("tuned")), _num(block.get("drop")),
                      f"<span class='{verdict}'>{verdict.upper()}</span>"])
-    left_out = (forgetting.get("contaminated") or {}).get("n", 0)
-    note = f"<p>{left_out} suite item(s) left out: their question is in the training data.</p>" if left_out else ""
+    seen = forgetting.get("contaminated") or {}
+    fate = "left out" if seen.get("excluded") else "kept (eval.contamination.exclude is off)"
+    note = f"<p>{seen['n']} suite item(s) {fate}: their question is in the training data.</p>" if seen.get("n") else ""
     return _table(["category", "n", "base", "tuned", "drop", "verdict"], rows) + note
 
 

@@ -98,8 +98,10 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
     items = [item for name in cfg.suites for item in F.load_suite(name)]
     # A question seen in training says nothing about forgetting: it is left out before sampling.
     flags = _suite_contamination(recipe, run, items)
-    excluded = [(item, flag) for item, flag in zip(items, flags) if flag is not None and recipe.eval.contamination.exclude]
-    items = F.select([item for item, flag in zip(items, flags) if flag is None or not recipe.eval.contamination.exclude], cfg.max_items)
+    exclude = recipe.eval.contamination.exclude
+    flagged = [(item, flag) for item, flag in zip(items, flags) if flag is not None]
+    excluded = flagged if exclude else []
+    items = F.select([item for item, flag in zip(items, flags) if flag is None or not exclude], cfg.max_items)
     decoding = Decoding(F.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
     outputs = {name: F.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
     correct = {name: [F.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
@@ -111,7 +113,7 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
     rows += [{"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"],
               "check": item["check"], "contamination": flag, "excluded": True} for item, flag in excluded]
     summary = F.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
-    summary["contaminated"] = {"n": len(excluded), "ids": [item["id"] for item, _ in excluded]}
+    summary["contaminated"] = {"n": len(flagged), "excluded": bool(excluded), "ids": [item["id"] for item, _ in flagged]}
     return summary, rows
 
 
