@@ -249,7 +249,7 @@ def test_bfloat16_export_is_gated_against_the_rounding_noise_floor(tmp_path, tin
 def test_end_of_turn_ids_come_from_the_chat_template(smol_tokenizer_dir):
     from transformers import AutoTokenizer, GenerationConfig
 
-    from tunekit.export.merge import end_of_turn_ids
+    from tunekit.models import end_of_turn_ids
 
     im_end = AutoTokenizer.from_pretrained(smol_tokenizer_dir).convert_tokens_to_ids("<|im_end|>")
     # A tokenizer whose eos is the document end still stops generation at the template's turn end.

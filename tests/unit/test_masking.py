@@ -447,13 +447,13 @@ def test_generation_stops_on_the_end_of_turn_token_as_well_as_eos(family_tokeniz
     from types import SimpleNamespace
 
     from tunekit.eval.generation import _until_stop
-    from tunekit.models import stop_token_ids
+    from tunekit.models import end_of_turn_ids
 
     tokenizer = family_tokenizers[family]
     end_id = tokenizer.convert_tokens_to_ids(FAMILIES[family]["end"])
-    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7]))  # only the config's stop ids are read
-    stops = stop_token_ids(model, tokenizer)
-    assert stops[0] == 7 and tokenizer.eos_token_id in stops and end_id in stops
+    stops = end_of_turn_ids(tokenizer, SimpleNamespace(eos_token_id=[7]))  # only the config's eos ids are read
+    assert stops[0] == tokenizer.eos_token_id and end_id in stops and 7 in stops
     assert len(stops) == len(set(stops))
+    assert end_id == end_of_turn_id(tokenizer)  # the stop and the trained end-of-turn token agree
     assert _until_stop([5, 9, end_id, 11, tokenizer.eos_token_id], stops) == [5, 9]
     assert _until_stop([5, 9], stops) == [5, 9]

@@ -38,7 +38,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     """Completions for chat prompts, batched with left padding, in the prompts' order."""
     import torch
 
-    from tunekit.models import stop_token_ids
+    from tunekit.models import end_of_turn_ids
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     # Batch prompts of similar length together: less padding, same results (left padding + mask).
@@ -47,7 +47,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     outputs, latency, produced = [""] * len(texts), [0.0] * len(texts), [0] * len(texts)
     if not texts:
         return Generations([], 0.0, 0)
-    stops = stop_token_ids(model, tokenizer)
+    stops = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
     with torch.inference_mode():
         _complete(model, tokenizer, [texts[order[0]]], Decoding(2, 1), stops)  # warm-up, kept out of the timing
     if decoding.temperature > 0:

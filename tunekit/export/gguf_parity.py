@@ -24,7 +24,7 @@ def _first_divergence(a: list[int], b: list[int]) -> int | None:
 def _hf_side(merged_dir: Path, conversations: list, max_new_tokens: int):
     import torch
 
-    from tunekit.export.merge import end_of_turn_ids
+    from tunekit.models.loading import end_of_turn_ids
     from tunekit.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(merged_dir))

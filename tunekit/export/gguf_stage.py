@@ -116,7 +116,7 @@ def choose_ollama_gguf(recipe, gguf: dict) -> Path:
 
 
 def export_ollama(recipe, run, merged_dir: Path, gguf: dict) -> dict:
-    from tunekit.export.merge import end_of_turn_ids
+    from tunekit.models.loading import end_of_turn_ids
     from tunekit.export.ollama import write_modelfile
     from tunekit.models import load_tokenizer
     from transformers import GenerationConfig

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tunekit.errors import ModelError, RunDirError, TunekitError
+from tunekit.models.loading import end_of_turn_ids
 
 # Weight-name fragments that only exist while an adapter is attached: none may reach the merged files.
 ADAPTER_WEIGHT_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module", "lora_magnitude")
@@ -40,31 +41,6 @@ def check_adapter_dir(adapter_dir: Path) -> dict:
 def tokenizer_source(adapter_dir: Path, base_path: str) -> str:
     """Training saves the tokenizer (chat template included) next to the adapter; prefer it over the base's."""
     return str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base_path
-
-
-def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
-    """Token ids that end an assistant turn: the tokenizer's eos, the special token the chat template
-    puts right after an assistant message (e.g. `<|im_end|>`, `<|eot_id|>`), and any eos the base
-    model's generation config already lists. Order is kept and duplicates dropped."""
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    marker = "tunekit-end-of-turn-probe"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
-        )
-    except Exception:  # a template that rejects this tiny chat; the eos token alone will do
-        text = ""
-    if marker in text:
-        tail = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
-        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-        special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
-        if tail and tail[0] in special:
-            ids.append(tail[0])
-    existing = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    ids += existing if isinstance(existing, list) else ([existing] if existing is not None else [])
-    return list(dict.fromkeys(ids))
 
 
 def dir_listing(path: Path) -> dict:

@@ -121,7 +121,7 @@ def _run_pass(model, tokenizer, conversations, max_new_tokens: int, eos, sequenc
 def _reference_pass(base_path, adapter_dir, tokenizer, conversations, max_new_tokens, dtype, sequences, load) -> _Pass:
     from peft import PeftModel
 
-    from tunekit.export.merge import end_of_turn_ids
+    from tunekit.models.loading import end_of_turn_ids
     from tunekit.models import load_model
 
     base = load_model(base_path, dtype=dtype, **load).to(_device())

@@ -158,21 +158,26 @@ def load_model(model_path: str, *, dtype: str = "float32", trust_remote_code: bo
         raise ModelError(f"cannot load model '{model_path}': {exc}") from None
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Token ids that end an answer: the generation config's eos ids, the tokenizer's eos and the
-    chat template's end-of-turn token (Llama-3's `<|eot_id|>` where eos is `<|end_of_text|>`)."""
-    from tunekit.errors import DataError
-    from tunekit.train.masking import end_of_turn_id
-
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
-    extra = [tokenizer.eos_token_id]
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            extra.append(end_of_turn_id(tokenizer))
-        except DataError:  # a template that cannot render a plain chat: eos alone, as before
-            pass
-    for token in extra:
-        if token is not None and token not in ids:
-            ids.append(token)
-    return ids
+def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end an assistant turn: the tokenizer's eos, the special token the chat template
+    puts right after an assistant message (e.g. `<|im_end|>`, `<|eot_id|>`), and any eos the base
+    model's generation config already lists. Order is kept and duplicates dropped."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    marker = "tunekit-end-of-turn-probe"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # a template that rejects this tiny chat; the eos token alone will do
+        text = ""
+    if marker in text:
+        tail = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
+        if tail and tail[0] in special:
+            ids.append(tail[0])
+    existing = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids += existing if isinstance(existing, list) else ([existing] if existing is not None else [])
+    return list(dict.fromkeys(ids))

@@ -157,9 +157,9 @@ class Engine:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        from tunekit.models import stop_token_ids
+        from tunekit.models import end_of_turn_ids
 
-        return stop_token_ids(self.model, self.tokenizer)
+        return end_of_turn_ids(self.tokenizer, self.model.generation_config)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of the conversation under the model's chat template, ready for the answer."""
