@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunekit.errors import ModelError, TunekitError
@@ -134,8 +136,82 @@ def llama_ftype(type_name: str) -> int:
     return int(value)
 
 
-def quantize_gguf(source: Path, out_path: Path, type_name: str, threads: int = 0) -> Path:
-    """Quantize `source` (the F16 file) to `type_name` with llama.cpp's own quantizer."""
+# One llama.cpp quantizer warning per tensor whose row length does not fit the type's block, e.g.
+# "warning: blk.0.attn_q.weight - ncols 576 not divisible by 256 (required for type q4_K) -> falling back to q5_0".
+_FALLBACK = re.compile(
+    r"warning:\s*(?P<tensor>\S+)\s*-\s*ncols\s+(?P<ncols>\d+)\s+not divisible by\s+(?P<block>\d+)\s*"
+    r"\(required for type\s+(?P<wanted>\w+)\)\s*->\s*falling back to\s+(?P<used>\w+)"
+)
+_TENSOR_COUNT = re.compile(r"loaded meta data with \d+ key-value pairs and (\d+) tensors")
+
+
+def verbose_output() -> bool:
+    """Raw library output on the terminal (`tunekit --verbose`, or TUNEKIT_VERBOSE=1) instead of summaries."""
+    return os.environ.get("TUNEKIT_VERBOSE", "") not in ("", "0")
+
+
+@contextmanager
+def llama_log_captured(llama_cpp):
+    """Collect llama.cpp's C-side log into a list instead of the terminal, for the duration of the block.
+
+    llama.cpp logs through one process-wide callback; llama-cpp-python installs its own at import
+    (printing to stderr), and that one is put back afterwards so other llama.cpp users are unaffected.
+    """
+    import ctypes
+
+    pieces: list[str] = []
+    echo = verbose_output()
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        decoded = text.decode("utf-8", errors="replace")
+        pieces.append(decoded)
+        if echo:
+            sys.stderr.write(decoded)
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield pieces
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def summarize_fallbacks(log_text: str) -> dict:
+    """What llama.cpp's quantizer did instead of the asked type, counted, from its log.
+
+    {"tensors": 272, "fell_back": 180, "by_type": {"q4_K -> q5_0": 150, ...}, "reasons": [...]}
+    """
+    by_type: dict[str, int] = {}
+    reasons: set[str] = set()
+    for match in _FALLBACK.finditer(log_text):
+        key = f"{match['wanted']} -> {match['used']}"
+        by_type[key] = by_type.get(key, 0) + 1
+        reasons.add(f"rows of {match['ncols']} values are not a multiple of the {match['block']}-value blocks {match['wanted']} needs")
+    total = _TENSOR_COUNT.search(log_text)
+    return {
+        "tensors": int(total.group(1)) if total else None,
+        "fell_back": sum(by_type.values()),
+        "by_type": dict(sorted(by_type.items(), key=lambda item: -item[1])),
+        "reasons": sorted(reasons),
+    }
+
+
+def fallback_line(type_name: str, fallbacks: dict) -> str | None:
+    """One terminal line for a quantization's fallbacks (None when every tensor got the asked type)."""
+    if not fallbacks["fell_back"]:
+        return None
+    of = f" of {fallbacks['tensors']}" if fallbacks["tensors"] else ""
+    kinds = ", ".join(f"{pair} ×{count}" for pair, count in fallbacks["by_type"].items())
+    return f"{type_name}: {fallbacks['fell_back']}{of} tensors fell back to another type ({kinds}): " + "; ".join(fallbacks["reasons"])
+
+
+def quantize_gguf(source: Path, out_path: Path, type_name: str, threads: int = 0) -> tuple[Path, dict]:
+    """Quantize `source` (the F16 file) to `type_name` with llama.cpp's own quantizer.
+
+    Returns the file and the summary of tensors that fell back to another type (see
+    `summarize_fallbacks`); the quantizer's per-tensor log is kept off the terminal."""
     import ctypes
 
     llama_cpp = require_llama_cpp()
@@ -143,18 +219,21 @@ def quantize_gguf(source: Path, out_path: Path, type_name: str, threads: int = 0
     params.ftype = llama_ftype(type_name)
     params.nthread = threads or (os.cpu_count() or 1)
     tmp = out_path.with_name(f".{out_path.name}.partial")
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    with llama_log_captured(llama_cpp) as log:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
     if status != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         needs_imatrix = type_name.startswith(("IQ1", "IQ2")) or type_name == "Q2_K_S"
+        errors = [line.strip() for line in "".join(log).splitlines() if "error" in line.lower()]
         raise GgufError(
-            f"llama.cpp could not quantize {source.name} to {type_name} (status {status})",
+            f"llama.cpp could not quantize {source.name} to {type_name} (status {status})"
+            + (f": {errors[-1]}" if errors else ""),
             hint="very low-bit types (IQ1_*, IQ2_*, Q2_K_S) need an importance matrix; pick Q4_K_M, Q5_K_M, Q6_K or Q8_0"
             if needs_imatrix
             else None,
         )
     tmp.replace(out_path)
-    return out_path
+    return out_path, summarize_fallbacks("".join(log))
 
 
 def read_gguf_metadata(path: Path) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tunekit.console import console
 from tunekit.errors import TunekitError
-from tunekit.export.gguf import CONVERTER_TYPES, REFERENCE_TYPE, GgufError, convert_to_gguf, gguf_path, quantize_gguf, read_gguf_metadata
+from tunekit.export.gguf import CONVERTER_TYPES, REFERENCE_TYPE, GgufError, convert_to_gguf, fallback_line, gguf_path, quantize_gguf, read_gguf_metadata
 from tunekit.runs import write_json
 
 # Parity needs only a few tokens to show a divergence; long eval budgets would only slow it down.
@@ -29,7 +29,8 @@ def _check_embedded_chat_format(path: Path, tokenizer) -> dict:
     return {k: metadata[k] for k in ("architecture", "file_type", "eos_token_id", "bos_token_id", "add_bos_token")}
 
 
-def _write_types(recipe, run, merged_dir: Path, reference: Path) -> dict[str, Path]:
+def _write_types(recipe, run, merged_dir: Path, reference: Path, fallbacks: dict) -> dict[str, Path]:
+    """Write every asked type; `fallbacks` gets, per quantized type, the tensors llama.cpp wrote in another type."""
     written: dict[str, Path] = {}
     for type_name in recipe.export.gguf.types:
         if type_name == REFERENCE_TYPE:
@@ -39,7 +40,10 @@ def _write_types(recipe, run, merged_dir: Path, reference: Path) -> dict[str, Pa
         if type_name in CONVERTER_TYPES:
             written[type_name] = convert_to_gguf(merged_dir, target, type_name)
         else:
-            written[type_name] = quantize_gguf(reference, target, type_name)
+            written[type_name], fallbacks[type_name] = quantize_gguf(reference, target, type_name)
+            line = fallback_line(type_name, fallbacks[type_name])
+            if line:
+                console.print(f"  {line}", soft_wrap=True, markup=False)
     return written
 
 
@@ -80,7 +84,9 @@ def export_gguf(recipe, run, merged_dir: Path) -> dict:
         if not result["parity"]["passed"]:
             return result
     t0 = time.perf_counter()
-    written = _write_types(recipe, run, merged_dir, reference)
+    fallbacks: dict[str, dict] = {}
+    written = _write_types(recipe, run, merged_dir, reference, fallbacks)
+    result["fallbacks"] = fallbacks
     timings["other_types"] = round(time.perf_counter() - t0, 1)
     result["files"].update({k: str(v) for k, v in written.items()})
     if written:
@@ -90,6 +96,7 @@ def export_gguf(recipe, run, merged_dir: Path) -> dict:
         report = quant_report(reference, written, text, source, options)
         timings["perplexity"] = round(time.perf_counter() - t0, 1)
         for row in report["quantized"]:
+            row["fallbacks"] = fallbacks.get(row["type"])  # None for types the converter wrote itself
             if row["blocked"]:
                 # A blocked level must not be picked up by anyone: the file goes, the report keeps why.
                 Path(row["file"]).unlink(missing_ok=True)
