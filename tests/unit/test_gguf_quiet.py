@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tunekit.export.gguf import convert_to_gguf, fallback_line, quantize_gguf, read_gguf_metadata, summarize_fallbacks
@@ -60,3 +62,25 @@ def test_verbose_shows_the_raw_log(f16_file, capfd, monkeypatch):
     _, summary = quantize_gguf(f16_file, f16_file.with_name("tiny-Q5_K_M.gguf"), "Q5_K_M", threads=1)
     printed = capfd.readouterr().err
     assert printed.count("falling back") == summary["fell_back"] > 0
+
+
+def test_gguf_base_conversion_shows_no_raw_progress_bar(f16_file, capfd, monkeypatch):
+    """A `.gguf` base model is dequantised once; transformers' own tqdm bar must not reach the terminal."""
+    from safetensors.torch import load_file
+
+    from tunekit.models import resolve_model
+
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.delenv("TUNEKIT_VERBOSE", raising=False)
+    transformers_logging.disable_progress_bar()  # what the CLI's HF_HUB_DISABLE_PROGRESS_BARS does at start
+    capfd.readouterr()
+    try:
+        converted = resolve_model(str(f16_file))
+    finally:
+        transformers_logging.enable_progress_bar()
+    printed = capfd.readouterr()
+    assert "de-quantizing" not in printed.err + printed.out and "it/s" not in printed.err
+    weights = load_file(next(Path(converted).glob("*.safetensors")))
+    assert weights["model.embed_tokens.weight"].shape[1] == 64
+

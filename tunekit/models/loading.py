@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunekit.errors import ModelError
@@ -40,6 +41,40 @@ def _embedded_gguf(alias: str) -> Path:
     return path
 
 
+@contextmanager
+def _rich_gguf_progress(label: str):
+    """Show transformers' GGUF dequantisation as a rich bar with ETA instead of its raw tqdm bar.
+
+    The loader iterates its tensors through the module-level name `tqdm` in
+    transformers.modeling_gguf_pytorch_utils and offers no switch for it (tqdm's TQDM_DISABLE is
+    only read at import), so that name is swapped for the duration of the load and put back.
+    With TUNEKIT_VERBOSE=1 the raw bar is left alone.
+    """
+    if os.environ.get("TUNEKIT_VERBOSE", "") not in ("", "0"):
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from tunekit.console import console
+
+    original = gguf_utils.tqdm
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+
+        def rich_tqdm(iterable, *args, **kwargs):
+            items = list(iterable)
+            task = bar.add_task(label, total=len(items))
+            for item in items:
+                yield item
+                bar.advance(task)
+
+        gguf_utils.tqdm = rich_tqdm
+        try:
+            yield
+        finally:
+            gguf_utils.tqdm = original
+
+
 def _convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantise a GGUF file into a safetensors model directory (atomic: temp dir, then rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,7 +84,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> Path:
     try:
         kwargs = {"gguf_file": gguf_path.name}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        with _rich_gguf_progress(f"converting {gguf_path.name} to safetensors (once)"):
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
         # transformers' GGUF loader dequantises every tensor to plain torch weights, but still marks
         # the model as quantized (a GGUF quantizer + quantization_config), which makes
         # save_pretrained refuse and later loads look for the GGUF file. Drop both marks.
