@@ -26,6 +26,9 @@ MESSAGES, SHAREGPT, ALPACA, PROMPT_COMPLETION, PREFERENCE, TEXT = (
 FORMATS = (MESSAGES, SHAREGPT, ALPACA, PROMPT_COMPLETION, PREFERENCE, TEXT)
 CHAT, PREFERENCE_KIND, TEXT_KIND = "chat", "preference", "text"
 KIND_OF = {MESSAGES: CHAT, SHAREGPT: CHAT, ALPACA: CHAT, PROMPT_COMPLETION: CHAT, PREFERENCE: PREFERENCE_KIND, TEXT: TEXT_KIND}
+# The kind of row each train.method learns from; the data stage and the trainers both read it.
+KIND_FOR_METHOD = {"sft": CHAT, "dpo": PREFERENCE_KIND, "cpt": TEXT_KIND}
+METHOD_FOR_KIND = {kind: method for method, kind in KIND_FOR_METHOD.items()}
 # How each format is named in messages to the user.
 LABEL = {
     MESSAGES: "chat `messages`",
@@ -349,12 +352,19 @@ def convert(row: dict, fmt: str) -> Converted:
     """The canonical form of a row already detected as `fmt`, or a RowProblem."""
     if fmt == PREFERENCE:
         prompt, chosen, rejected = preference_parts(row)
-        return Converted(PREFERENCE_KIND, [*prompt, *rejected, *chosen], n_rejected=len(rejected), n_chosen=len(chosen))
+        return Converted(KIND_OF[fmt], [*prompt, *rejected, *chosen], n_rejected=len(rejected), n_chosen=len(chosen))
     if fmt == TEXT:
-        return Converted(TEXT_KIND, [{"role": "user", "content": text_of(row)}])
+        return Converted(KIND_OF[fmt], [{"role": "user", "content": text_of(row)}])
     messages = _CHAT_CONVERTERS[fmt](row)
     _check_order(messages)
-    return Converted(CHAT, messages)
+    return Converted(KIND_OF[fmt], messages)
+
+
+def row_kind(row: dict) -> str:
+    """The kind of a row in canonical form (a prepared split's row): chat, preference or text."""
+    if "messages" in row:
+        return CHAT
+    return PREFERENCE_KIND if "chosen" in row else TEXT_KIND
 
 
 def to_messages(row: dict, fmt: str) -> list[dict]:

@@ -10,17 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekit.config import Recipe
+from tunekit.data.formats import KIND_FOR_METHOD, METHOD_FOR_KIND, row_kind
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths
 
-# The kind of prepared row each method learns from (tunekit.data.formats kinds).
-ROW_KIND = {"sft": "chat", "dpo": "preference", "cpt": "text"}
 _NEEDS = {
     "sft": "chat rows (messages, sharegpt, alpaca or prompt/completion)",
     "dpo": "preference rows (prompt, chosen, rejected)",
     "cpt": "raw text rows ({\"text\": ...})",
 }
-_OTHER_METHOD = {"chat": "sft", "preference": "dpo", "text": "cpt"}
 
 
 @dataclass
@@ -51,12 +49,6 @@ class BuiltTrainer:
     details: dict = field(default_factory=dict)
 
 
-def row_kind(row: dict) -> str:
-    if "messages" in row:
-        return "chat"
-    return "preference" if "chosen" in row else "text"
-
-
 def split_key(split_name: str) -> str:
     """The recipe key a prepared split came from, for messages."""
     return "data.eval" if split_name == "val" else f"data.{split_name}"
@@ -64,15 +56,15 @@ def split_key(split_name: str) -> str:
 
 def require_rows(rows: list[dict], split_name: str, method: str, key: str | None = None) -> None:
     """Each method learns from one kind of row; say which method fits the rows that are there."""
-    other = next((kind for kind in map(row_kind, rows) if kind != ROW_KIND[method]), None)
+    other = next((kind for kind in map(row_kind, rows) if kind != KIND_FOR_METHOD[method]), None)
     if other is None:
         return
     hint = {
         "sft": "preference pairs are for DPO and raw text for continued pre-training (train.method dpo / cpt); "
         "for sft, point the recipe at chat data",
-        "dpo": f"{other} rows are for train.method {_OTHER_METHOD[other]}; for dpo, point data.train at rows with "
+        "dpo": f"{other} rows are for train.method {METHOD_FOR_KIND[other]}; for dpo, point data.train at rows with "
         "prompt, chosen and rejected",
-        "cpt": f"{other} rows are for train.method {_OTHER_METHOD[other]}; for cpt, point data.train at rows of raw text",
+        "cpt": f"{other} rows are for train.method {METHOD_FOR_KIND[other]}; for cpt, point data.train at rows of raw text",
     }[method]
     raise DataError(f"{key or split_key(split_name)} holds {other} rows; train.method {method} needs {_NEEDS[method]}", hint=hint)
 

@@ -25,8 +25,8 @@ from tunekit.console import console
 from tunekit.errors import ModelError, RunDirError
 from tunekit.models import load_model, load_tokenizer, resolve_model
 from tunekit.runs import RunPaths
-from tunekit.train import manifest as mf
 from tunekit.train.common import BuiltTrainer, check_train_rows, load_splits, training_arguments
+from tunekit.train.manifest import model_fingerprint
 from tunekit.train.modeling import load_training_model, peft_config
 
 
@@ -67,7 +67,7 @@ def starting_point(recipe: Recipe, model_path: str):
         reference = "precomputed from the base model" if adapter == "full" else "the base model (adapter disabled)"
         return load_training_model(recipe, model_path), peft_config(recipe), {"start": "base model", "reference": reference}, model_path
     kind, where = resolve_init_from(init)
-    details = {"init_from": str(where), "init_kind": kind, "init_sha256": mf.model_fingerprint(str(where)).get("sha256")}
+    details = {"init_from": str(where), "init_kind": kind, "init_sha256": model_fingerprint(str(where)).get("sha256")}
     if kind == "model":
         if adapter != "full":
             raise ModelError(

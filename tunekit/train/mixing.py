@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 
 from tunekit.config import Recipe
+from tunekit.data.formats import KIND_FOR_METHOD
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths, write_jsonl
-from tunekit.train import manifest as mf
-from tunekit.train.common import ROW_KIND
+from tunekit.train.manifest import sha256_file
 
 
 def mixed_count(task_rows: int, ratio: float) -> int:
@@ -37,7 +37,7 @@ def _usable_rows(recipe: Recipe, run: RunPaths, tokenizer) -> tuple[list, list[d
             hint=f"give train.mix.file rows of one format, of the kind train.method {recipe.train.method} trains on",
         ) from None
     quarantined = [r.to_json() for r in source.rejected]
-    wanted = ROW_KIND[recipe.train.method]
+    wanted = KIND_FOR_METHOD[recipe.train.method]
     usable = []
     for example in source.examples:
         if example.kind != wanted:
@@ -83,7 +83,7 @@ def mix_general_rows(recipe: Recipe, run: RunPaths, task_rows: list[dict], token
     write_jsonl(run.mixed_train, rows)
     return rows, {
         "file": str(mix.file),
-        "sha256": mf.sha256_file(mix.file) if mix.file.is_file() else None,
+        "sha256": sha256_file(mix.file) if mix.file.is_file() else None,
         "ratio": mix.ratio,
         "seed": mix.seed,
         "records_in_file": records,
@@ -95,5 +95,5 @@ def mix_general_rows(recipe: Recipe, run: RunPaths, task_rows: list[dict], token
         "train_rows": len(rows),
         "mixed_share": round(needed / len(rows), 4),
         "mixed_train": str(run.mixed_train),
-        "mixed_train_sha256": mf.sha256_file(run.mixed_train),
+        "mixed_train_sha256": sha256_file(run.mixed_train),
     }
