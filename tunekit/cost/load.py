@@ -1,0 +1,106 @@
+"""Assemble `CostInputs` from layers: tunekit's records first, then an inputs YAML file, then flags.
+
+A later layer wins key by key, and each key remembers which layer it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from tunekit.cost.inputs import CostInputs
+from tunekit.cost.records import Layer, from_benchmark, from_estimate, from_request_log, from_run
+from tunekit.errors import TunekitError
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def file_layer(path: Path) -> Layer:
+    """The keys of a cost inputs YAML file (the shape of CostInputs), each sourced to the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TunekitError(f"{path}: cannot read the inputs file: {exc.strerror}", hint="pass an existing YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise TunekitError(f"{path}:{where} invalid YAML", hint="fix the YAML syntax of the inputs file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunekitError(f"{path}: the inputs file must be a YAML mapping", hint="see docs/cost.md for its keys")
+    if "sources" in data:
+        raise TunekitError(f"{path}: sources: set by tunekit, not by the inputs file", hint="remove the key")
+    return {key: (value, f"{path}: {key}") for key, value in _flatten(data).items()}
+
+
+def _problem(err: dict, sources: dict[str, str]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    origin = sources.get(key)
+    given = f" (got {err.get('input')!r}{', from ' + origin if origin else ''})" if err["type"] != "missing" else ""
+    return f"{key}: {err['msg'].removeprefix('Value error, ')}{given}"
+
+
+def build_inputs(layers: list[Layer]) -> CostInputs:
+    data: dict = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        for dotted, (value, source) in layer.items():
+            node = data
+            parts = dotted.split(".")
+            for part in parts[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise TunekitError(f"{source}: {dotted}: '{part}' is not a section", hint="see docs/cost.md for the keys")
+                node = child
+            node[parts[-1]] = value
+            sources[dotted] = source
+    try:
+        return CostInputs.model_validate({**data, "sources": sources})
+    except ValidationError as exc:
+        problems = [_problem(e, sources) for e in exc.errors()]
+        raise TunekitError(
+            f"{len(problems)} problem(s) in the cost inputs: " + "; ".join(problems),
+            hint="see `tunekit cost --help` and docs/cost.md for every key",
+        ) from None
+
+
+def load_inputs(
+    *,
+    inputs_file: Path | None = None,
+    flags: Layer | None = None,
+    run: Path | None = None,
+    estimate: Path | None = None,
+    tokens_per_s: float | None = None,
+    benchmark: Path | None = None,
+    request_log: Path | None = None,
+    log_model: str | None = None,
+) -> CostInputs:
+    """Records (run, estimate, benchmark, request log), then the inputs file, then flags."""
+    layers: list[Layer] = []
+    if run is not None:
+        layers.append(from_run(run))
+    if estimate is not None:
+        layers.append(from_estimate(estimate, tokens_per_s))
+    if benchmark is not None:
+        layers.append(from_benchmark(benchmark))
+    if request_log is not None:
+        layers.append(from_request_log(request_log, log_model))
+    if inputs_file is not None:
+        layers.append(file_layer(inputs_file))
+    layers.append(flags or {})
+    return build_inputs(layers)

@@ -1,0 +1,216 @@
+"""Cost inputs read from tunekit's own records: a run directory, an estimate, a serving benchmark,
+a request log. Each reader returns a `Layer`: dotted input keys -> (value, where it came from).
+
+The request log is read as per-request rows (JSONL, or the SQLite table `requests`) with the
+columns issue #14's gateway log names: `time`, `prompt_tokens`, `output_tokens` (and optionally
+`model`). That log is not written by `tunekit serve` yet; when it lands, this reader must be
+pointed at its file and columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import statistics
+from pathlib import Path
+
+from tunekit.errors import TunekitError
+from tunekit.runs import RunPaths
+
+Layer = dict[str, tuple[object, str]]
+LOG_COLUMNS = ("time", "prompt_tokens", "output_tokens")
+MIN_LOG_SPAN_S = 3600  # below an hour of traffic, a daily volume is a guess
+
+
+def _json_file(path: Path, what: str, hint: str):
+    if not path.is_file():
+        raise TunekitError(f"{path}: {what} not found", hint=hint)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TunekitError(f"{path}: line {exc.lineno}: invalid JSON in the {what}: {exc.msg}", hint=hint) from None
+
+
+def _last_tokens_seen(metrics: Path) -> tuple[int, int, int] | None:
+    """(tokens seen, line number, step) of the last metrics.jsonl line that logged tokens_seen."""
+    found = None
+    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise TunekitError(f"{metrics}: line {number}: invalid JSON", hint="metrics.jsonl is written by tunekit train; retrain or fix the line") from None
+        if isinstance(row, dict) and isinstance(row.get("tokens_seen"), (int, float)):
+            found = (int(row["tokens_seen"]), number, row.get("step", 0))
+    return found
+
+
+def from_run(run_dir: Path) -> Layer:
+    """Training hours and hardware (manifest.json), tokens trained (metrics.jsonl), training rows."""
+    run = RunPaths(Path(run_dir))
+    hint = "pass the directory of a finished `tunekit train` run (it holds manifest.json)"
+    manifest = _json_file(run.manifest, "run manifest", hint)
+    layer: Layer = {}
+    result = manifest.get("result") or {}
+    runtime = result.get("runtime_s")
+    if not isinstance(runtime, (int, float)) or runtime <= 0:
+        raise TunekitError(f"{run.manifest}: result.runtime_s is missing", hint="the run did not finish; train it to the end first")
+    layer["training.hours"] = (runtime / 3600, f"{run.manifest}: result.runtime_s ({runtime:,.1f} s)")
+    hardware = manifest.get("hardware") or {}
+    gpus = hardware.get("gpus") or []
+    if gpus:
+        layer["training.gpu"] = (gpus[0], f"{run.manifest}: hardware.gpus[0]")
+        layer["training.gpus"] = (len(gpus), f"{run.manifest}: hardware.gpus ({len(gpus)} listed)")
+    else:
+        cpus = hardware.get("cpu_count")
+        layer["training.gpu"] = ("cpu", f"{run.manifest}: hardware (no GPU listed; {cpus} CPU cores)")
+    rows = (manifest.get("training") or {}).get("train_rows")
+    if isinstance(rows, int) and rows > 0:
+        layer["data.examples"] = (rows, f"{run.manifest}: training.train_rows")
+    if run.metrics.is_file():
+        seen = _last_tokens_seen(run.metrics)
+        if seen is not None:
+            tokens, line, step = seen
+            layer["training.tokens"] = (tokens, f"{run.metrics}: line {line}: tokens_seen (step {step})")
+    return layer
+
+
+def from_estimate(path: Path, tokens_per_s: float | None = None) -> Layer:
+    """Training time and tokens from `tunekit estimate --json` output, or by estimating a recipe now."""
+    path = Path(path)
+    if path.suffix == ".json":
+        data = _json_file(path, "estimate", "write one with `tunekit estimate RECIPE --json > estimate.json`")
+        seconds, tokens, where = data.get("seconds"), data.get("total_tokens"), f"{path}"
+        speed = data.get("tokens_per_s_source") or "given"
+    else:
+        from tunekit.config import load_recipe
+        from tunekit.train.estimate import estimate
+
+        result = estimate(load_recipe(path), tokens_per_s=tokens_per_s)
+        seconds, tokens, where = result.seconds, result.total_tokens, f"tunekit estimate {path}"
+        speed = result.tokens_per_s_source
+    if not seconds:
+        raise TunekitError(
+            f"{path}: the estimate has no training time",
+            hint="give the training speed on the target GPU: --tokens-per-s N (also with `tunekit estimate`)",
+        )
+    layer: Layer = {"training.hours": (seconds / 3600, f"{where}: seconds ({seconds:,.0f} s at tokens/s {speed})")}
+    if tokens:
+        layer["training.tokens"] = (tokens, f"{where}: total_tokens")
+    return layer
+
+
+def _rows_of(path: Path) -> list[tuple[int, dict]]:
+    """(line, object) of a JSON object, JSON array or JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        return [(1, whole)]
+    if isinstance(whole, list):
+        return [(i + 1, row) for i, row in enumerate(whole) if isinstance(row, dict)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunekitError(f"{path}: line {number}: invalid JSON: {exc.msg}", hint="one JSON object per line") from None
+        if isinstance(row, dict):
+            rows.append((number, row))
+    return rows
+
+
+def from_benchmark(path: Path) -> Layer:
+    """Sustained requests/s of one serving replica: the best `requests_per_s` of a benchmark file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunekitError(f"{path}: serving benchmark not found", hint="pass a JSON/JSONL file with a requests_per_s figure")
+    measured = [(n, r) for n, r in _rows_of(path) if isinstance(r.get("requests_per_s"), (int, float)) and r["requests_per_s"] > 0]
+    if not measured:
+        raise TunekitError(f"{path}: no row has a positive requests_per_s", hint="a serving benchmark row looks like {\"requests_per_s\": 12.5, ...}")
+    line, best = max(measured, key=lambda item: item[1]["requests_per_s"])
+    described = f" ({best['workload']})" if best.get("workload") else ""
+    layer: Layer = {
+        "finetuned.hosting": ("self_hosted", f"{path}: a serving benchmark means self-hosting"),
+        "finetuned.requests_per_s": (float(best["requests_per_s"]), f"{path}: line {line}: requests_per_s{described}, best of {len(measured)}"),
+    }
+    gpus = (best.get("hardware") or {}).get("gpus") or []
+    if gpus:
+        layer["finetuned.gpu"] = (gpus[0], f"{path}: line {line}: hardware.gpus[0]")
+    return layer
+
+
+def _timestamp(value, where: str) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
+    raise TunekitError(f"{where}: time: {value!r} is not an ISO 8601 time or epoch seconds", hint="write times like 2026-05-01T12:00:00Z")
+
+
+def _log_rows(path: Path, model: str | None) -> tuple[list[dict], str]:
+    with path.open("rb") as fh:
+        is_sqlite = fh.read(16) == b"SQLite format 3\x00"
+    if not is_sqlite:
+        rows = []
+        for number, row in _rows_of(path):
+            missing = [c for c in LOG_COLUMNS if c not in row]
+            if missing:
+                raise TunekitError(f"{path}: line {number}: missing {', '.join(missing)}", hint=f"each request row needs {', '.join(LOG_COLUMNS)}")
+            rows.append({**row, "_where": f"{path}: line {number}"})
+        return [r for r in rows if model is None or r.get("model") == model], f"{path}"
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
+        if not columns:
+            raise TunekitError(f"{path}: no table `requests`", hint="point --request-log at the gateway's request log")
+        missing = [c for c in (*LOG_COLUMNS, *(["model"] if model else [])) if c not in columns]
+        if missing:
+            raise TunekitError(f"{path}: table requests has no column {', '.join(missing)}", hint=f"the reader needs {', '.join(LOG_COLUMNS)}")
+        where, args = ("WHERE model = ?", (model,)) if model else ("", ())
+        cursor = connection.execute(f"SELECT rowid, time, prompt_tokens, output_tokens FROM requests {where}", args)
+        rows = [{"time": t, "prompt_tokens": p, "output_tokens": o, "_where": f"{path}: requests rowid {i}"} for i, t, p, o in cursor]
+    finally:
+        connection.close()
+    return rows, f"{path}: table requests"
+
+
+def from_request_log(path: Path, model: str | None = None) -> Layer:
+    """Requests per day and mean prompt / output tokens from per-request rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunekitError(f"{path}: request log not found", hint="pass a JSONL file or SQLite database of per-request rows")
+    rows, origin = _log_rows(path, model)
+    picked = f" where model = {model}" if model else ""
+    if len(rows) < 2:
+        raise TunekitError(f"{origin}: {len(rows)} request row(s){picked}: too few to measure a volume", hint="give --requests-per-day")
+    times = sorted(_timestamp(r["time"], r["_where"]) for r in rows)
+    span = times[-1] - times[0]
+    if span < MIN_LOG_SPAN_S:
+        raise TunekitError(
+            f"{origin}: the {len(rows)} requests{picked} span {span / 60:.0f} minutes, too short to measure a daily volume",
+            hint="log at least an hour of traffic, or give --requests-per-day",
+        )
+    for key in ("prompt_tokens", "output_tokens"):
+        bad = next((r for r in rows if not isinstance(r[key], (int, float)) or r[key] < 0), None)
+        if bad is not None:
+            raise TunekitError(f"{bad['_where']}: {key}: {bad[key]!r} is not a token count", hint="token counts are whole numbers >= 0")
+    first, last = (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds") for t in (times[0], times[-1]))
+    described = f"{origin}: {len(rows):,} rows{picked}, {first} to {last}"
+    # The rate between the first and the last request: n - 1 intervals over the span.
+    per_day = (len(rows) - 1) * 86400 / span
+    extrapolated = f", extrapolated from {span / 3600:.1f} hours" if span < 86400 else ""
+    return {
+        "traffic.requests_per_day": (per_day, f"{described}: (rows - 1) x 86400 / span{extrapolated}"),
+        "traffic.input_tokens": (statistics.fmean(r["prompt_tokens"] for r in rows), f"{described}: mean prompt_tokens"),
+        "traffic.output_tokens": (statistics.fmean(r["output_tokens"] for r in rows), f"{described}: mean output_tokens"),
+    }
