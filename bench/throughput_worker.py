@@ -180,7 +180,7 @@ def tunekit_trainer(job: dict, timer: StepTimer, out_dir: str, fast_enabled: boo
 def useful_flops_per_token(job: dict) -> float:
     """LoRA: forward 2N + input gradients 2N over the matmul weights (frozen weights get no weight
     gradient), plus causal attention (QK^T and AV: forward 2*s*d per layer, backward twice that)."""
-    from tunekit.train.fastpath import parameter_counts
+    from tunekit.train.memory import parameter_counts
 
     config = model_config(job)
     layers, embed, _ = parameter_counts(config)

@@ -11,7 +11,8 @@ from tunekit.config import parse_recipe
 from tunekit.errors import ModelError, RecipeError
 from tunekit.models.shapes import named_config
 from tunekit.runs import RunPaths, write_jsonl
-from tunekit.train.estimate import NF4_DOUBLE_QUANT_BITS, count_shapes, estimate
+from tunekit.train.estimate import count_shapes, estimate
+from tunekit.train.memory import NF4_DOUBLE_QUANT_BITS
 
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
 GB = 1e9

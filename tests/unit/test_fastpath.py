@@ -3,26 +3,37 @@ and padding-free batches scoring the same loss as padded ones on the tiny model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from tunekit.config import TrainConfig, parse_recipe
+from tunekit.config import parse_recipe
 from tunekit.errors import RecipeError
 from tunekit.models.shapes import named_config
 from tunekit.train import fastpath
-from tunekit.train.fastpath import GIB, DeviceInfo, plan_fast_path, training_args
+from tunekit.train.estimate import count_shapes
+from tunekit.train.fastpath import GIB, RUNTIME_OVERHEAD_BYTES, DeviceInfo, plan_fast_path, training_args
+from tunekit.train.memory import memory_by_mode
 
 H100 = DeviceInfo(kind="cuda", name="NVIDIA H100 80GB HBM3", total_memory=80 * GIB, bf16=True, liger_available=True)
 CPU = DeviceInfo(kind="cpu")
 
 
-def _train(**fields) -> TrainConfig:
-    fields.setdefault("lora", {"dropout": 0.0})
-    return TrainConfig(**fields)
+def _shape_recipe(shape="llama-3.1-8b", seq_len=2048, **train):
+    """A recipe over a named shape; the plan reads only its settings, so the data file need not exist."""
+    train.setdefault("lora", {"dropout": 0.0})
+    raw = {"base_model": shape, "data": {"train": "train.jsonl", "max_length": seq_len}, "train": train}
+    return parse_recipe(raw, base_dir=Path(__file__).parent)
 
 
-def _plan(device=H100, shape="llama-3.1-8b", seq_len=2048, **fields):
-    return plan_fast_path(_train(**fields), named_config(shape), device, seq_len=seq_len)
+def _plan(device=H100, shape="llama-3.1-8b", seq_len=2048, attn_implementation="sdpa", config=None, **train):
+    recipe = _shape_recipe(shape, seq_len, **train)
+    return plan_fast_path(recipe, config or named_config(shape), device, attn_implementation=attn_implementation)
+
+
+def _estimate(shape="llama-3.1-8b", seq_len=2048, **train):
+    return fastpath.recipe_memory_estimate(_shape_recipe(shape, seq_len, **train), named_config(shape))
 
 
 def test_cpu_plan_turns_every_switch_off_and_adds_no_arguments():
@@ -52,8 +63,7 @@ def test_h100_plan_for_8b_lora_turns_the_fast_switches_on():
 
 
 def test_checkpointing_follows_the_memory_estimate():
-    train = _train(batch_size=4)
-    estimate = fastpath.memory_estimate(train, named_config("llama-3.1-8b"), seq_len=2048, liger=True)
+    estimate = _estimate(batch_size=4)
     # Checkpointing a single layer saves nothing (its recomputation is as big as what it frees);
     # from two layers on, more checkpointed layers always cost less memory.
     assert estimate(32) > estimate(None)
@@ -62,7 +72,8 @@ def test_checkpointing_follows_the_memory_estimate():
 
     roomy = _plan(batch_size=4)
     assert roomy.checkpoint_every_n_layers is None and not roomy.on("activation_checkpointing")
-    assert roomy.memory["planned"] <= roomy.memory["budget"] == int(0.85 * 80 * GIB)
+    assert roomy.memory["planned"] == estimate(None) <= roomy.memory["budget"] == int(0.85 * 80 * GIB)
+    assert roomy.memory_source == "tunekit.train.memory"
 
     # A budget between the extremes: the plan takes the cheapest setting that fits (largest n).
     budget_gib = (estimate(1) + 3 * estimate(None)) / 4 / GIB
@@ -77,16 +88,33 @@ def test_checkpointing_follows_the_memory_estimate():
     assert "still over" in tiny_card.switches["activation_checkpointing"].reason
 
 
+def test_the_plan_uses_the_estimate_commands_memory_model():
+    """One memory model: at no checkpointing and at every layer the plan's figure is `tunekit
+    estimate`'s total plus the runtime headroom; in between, the per-layer formula by hand."""
+    config = named_config("llama-3.1-8b")
+    recipe = _shape_recipe(batch_size=4)
+    shapes = count_shapes(config, recipe)
+    lora = memory_by_mode(config, shapes, recipe)["lora"]
+    estimate = fastpath.recipe_memory_estimate(recipe, config)
+    assert estimate(None) == lora.total + RUNTIME_OVERHEAD_BYTES == 64_169_418_752
+    assert estimate(1) == lora.total_with_checkpointing + RUNTIME_OVERHEAD_BYTES == 23_612_334_080
+    # Every 4th of 32 layers: the inputs of 8 layers, the full activations of 24, one recomputed.
+    tokens, h, kv, i, layers = 4 * 2048, 4096, 1024, 14336, 32
+    per_layer = 6 * h + 2 * kv + 4 * i + shapes.lora_activation_elems // layers
+    # No dropout copies: only A's rank-r output per adapted layer (q k v o gate up down).
+    assert shapes.lora_activation_elems == layers * 7 * recipe.train.lora.r == 3584
+    fixed = lora.weights + lora.trainable_state + lora.lm_head + RUNTIME_OVERHEAD_BYTES
+    assert estimate(4) == fixed + 2 * tokens * (8 * h + (24 + 1) * per_layer)
+
+
 def test_lora_dropout_and_batch_size_raise_the_estimate():
-    config = named_config("llama-3.2-1b")
-    base = fastpath.memory_estimate(_train(batch_size=4), config, seq_len=2048, liger=True)(None)
-    dropout = fastpath.memory_estimate(_train(batch_size=4, lora={"dropout": 0.1}), config, seq_len=2048, liger=True)(None)
-    bigger = fastpath.memory_estimate(_train(batch_size=8), config, seq_len=2048, liger=True)(None)
-    no_liger = fastpath.memory_estimate(_train(batch_size=4), config, seq_len=2048, liger=False)(None)
-    assert base < dropout and base < bigger and base < no_liger
-    qlora = fastpath.memory_estimate(_train(batch_size=4, adapter="qlora"), named_config("llama-3.1-8b"), seq_len=2048, liger=True)
-    lora = fastpath.memory_estimate(_train(batch_size=4), named_config("llama-3.1-8b"), seq_len=2048, liger=True)
-    # NF4 weights: about 3.6 bytes fewer per layer weight than bf16's 2... i.e. > 8 GiB saved on 8B.
+    base = _estimate("llama-3.2-1b", batch_size=4)(None)
+    dropout = _estimate("llama-3.2-1b", batch_size=4, lora={"dropout": 0.1})(None)
+    bigger = _estimate("llama-3.2-1b", batch_size=8)(None)
+    assert base < dropout and base < bigger
+    qlora = _estimate(batch_size=4, adapter="qlora")
+    lora = _estimate(batch_size=4)
+    # NF4 weights: about 1.5 bytes fewer per decoder weight than bf16's 2, > 8 GiB saved on 8B.
     assert lora(None) - qlora(None) > 8 * GIB
 
 
@@ -115,17 +143,17 @@ def test_liger_needs_the_package_and_a_supported_architecture():
     assert "not installed" in _plan(without, batch_size=1).switches["liger"].reason
     config = named_config("llama-3.2-1b")
     config.model_type = "gpt_bigcode"  # an architecture liger-kernel does not patch
-    plan = plan_fast_path(_train(batch_size=1), config, H100, seq_len=512)
+    plan = _plan(shape="llama-3.2-1b", seq_len=512, config=config, batch_size=1)
     assert not plan.on("liger") and "gpt_bigcode" in plan.switches["liger"].reason
 
 
 def test_padding_free_only_with_a_varlen_attention_kernel():
-    config = named_config("llama-3.2-1b")
-    assert not plan_fast_path(_train(), config, H100, seq_len=1024, attn_implementation="sdpa").on("padding_free")
-    flash = plan_fast_path(_train(), config, H100, seq_len=1024, attn_implementation="flash_attention_2")
+    small = {"shape": "llama-3.2-1b", "seq_len": 1024}
+    assert not _plan(**small, attn_implementation="sdpa").on("padding_free")
+    flash = _plan(**small, attn_implementation="flash_attention_2")
     assert flash.on("padding_free")
     assert training_args(flash)["padding_free"] is True and training_args(flash)["max_length"] is None
-    packed = plan_fast_path(_train(packing=True), config, H100, seq_len=1024, attn_implementation="flash_attention_2")
+    packed = _plan(**small, attn_implementation="flash_attention_2", packing=True)
     assert not packed.on("padding_free") and "packing" in packed.switches["padding_free"].reason
 
 
@@ -259,7 +287,7 @@ def test_planned_gpu_switches_reach_the_trainer_and_keep_the_losses(tmp_path, ti
         layers = trainer.model.get_base_model().model.layers
         if enabled:
             assert plan["enabled"] and plan["checkpoint_every_n_layers"] == 1
-            assert plan["memory_estimate_source"] == "tunekit.train.estimate"
+            assert plan["memory_estimate_source"] == "tunekit.train.memory"
             assert trainer.args.optim == "adamw_torch_fused"
             assert all(layer.gradient_checkpointing for layer in layers)
         else:

@@ -5,38 +5,7 @@ weights, no memory), the recipe's real PEFT `LoraConfig` is applied to it, and t
 are counted, so `target_modules` (including `all-linear`), DoRA's magnitude vectors and tied
 embeddings are counted exactly as training will see them.
 
-Memory model, in bytes. P = all parameters, T = trainable adapter parameters, b = batch_size
-(×2 for DPO: chosen and rejected), s = data.max_length (every sequence padded to it, the worst
-case), L = layers, h = hidden size, i = MLP intermediate size, d_kv = key/value heads × head_dim,
-V = vocabulary size:
-
-- weights: full and LoRA 2·P (bf16). QLoRA: the weights of the decoder's linear layers in NF4
-  with double quantization, 4 + 8/64 + 32/(64·256) ≈ 4.127 bits each (4-bit codes, an 8-bit
-  absmax per 64-weight block, an fp32 scale per 256 blocks); embeddings, lm_head, norms and biases
-  stay bf16.
-- trainable state: LoRA/QLoRA 16·T (fp32 adapter weights 4, gradients 4, AdamW moments 8).
-  Full fine-tuning in bf16 mixed precision 14·P (bf16 gradients 2, fp32 master weights 4, AdamW
-  moments 8), on top of the 2·P bf16 weights: 16 bytes per parameter in all. With an 8-bit
-  optimizer (`train.fast.optimizer: paged_adamw_8bit`) the moments take 2 bytes instead of 8.
-- activations kept for backward, bf16, per token and layer: 6h + 2·d_kv + 4i elements (norm
-  inputs and outputs 4h; the roped query, key, value and the attention output 2h + 2·d_kv; gate,
-  up, SiLU(gate) and their product 4i). Attention is assumed to run through SDPA/flash attention,
-  so no s×s score matrix is stored. LoRA adds, per adapted linear layer, its dropped-out input
-  (in_features, when dropout > 0) and the rank-r output of A. Without gradient checkpointing:
-  2·b·s·(L·per_layer + lora_extra). With it, only each layer's input is kept and one layer is
-  recomputed at a time: 2·b·s·(L·h + per_layer + lora_extra / L).
-- LM head: TRL's SFT and DPO trainers (which every tunekit method runs on) score the LM head in
-  tiles of 4096 tokens × 32768 vocabulary entries and never hold the b·s×V logits. Counted: two
-  bf16 tiles (forward, and the recomputed one in backward), the fp32 gradient of the final hidden
-  states b·s·h·4, per-token fp32 statistics b·s·7·4, and for full fine-tuning the fp32 gradient
-  accumulator of the head V·h·4. For comparison `logits_unfused` is what a plain forward would
-  need: b·s·V·8 (fp32 logits plus their gradient; 8.4 GB at 8×1024 tokens and a 128k vocabulary).
-- DPO needs no reference copy: with adapters the reference is the base with the adapter switched
-  off, and full fine-tuning precomputes the reference log-probabilities (tunekit.train.dpo).
-
-Not modelled: the CUDA context (about 0.5 GB), allocator fragmentation, DoRA's transient copy of
-each adapted weight, and the cross-entropy's temporary buffers. Treat totals as a lower bound and
-keep 10-20 % headroom.
+The memory model (weights, optimizer state, activations, LM head) is tunekit.train.memory's.
 """
 
 from __future__ import annotations
@@ -50,41 +19,7 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.errors import ModelError, RecipeError, TunekitError
 from tunekit.runs import RunPaths
-
-MODES = ("full", "lora", "qlora")
-NF4_DOUBLE_QUANT_BITS = 4 + 8 / 64 + 32 / (64 * 256)
-BF16 = 2
-# Tile of TRL's chunked LM head (trl.kernels.chunked_logprob: TOKEN_CHUNK_SIZE x the trainer's chunk_size).
-LM_HEAD_TOKEN_TILE, LM_HEAD_VOCAB_TILE = 4096, 32768
-
-
-@dataclass
-class Memory:
-    """Estimated peak GPU memory of one training mode, in bytes."""
-
-    weights: int
-    trainable_state: int  # gradients + optimizer states (+ fp32 master weights for full FT)
-    activations_no_checkpointing: int
-    activations_checkpointing: int
-    lm_head: int  # TRL's chunked LM head: tiles and fp32 gradients, never the full logits
-    gradient_checkpointing: bool  # which activation figure the total uses (the recipe's setting)
-
-    @property
-    def activations(self) -> int:
-        return self.activations_checkpointing if self.gradient_checkpointing else self.activations_no_checkpointing
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.trainable_state + self.activations + self.lm_head
-
-    @property
-    def total_with_checkpointing(self) -> int:
-        return self.total - self.activations + self.activations_checkpointing
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "activations": self.activations, "total": self.total,
-                "total_with_checkpointing": self.total_with_checkpointing}
-
+from tunekit.train.memory import Memory, ModelShapes, memory_by_mode, memory_mode, unfused_logits_bytes
 
 @dataclass
 class Estimate:
@@ -115,7 +50,7 @@ class Estimate:
     @property
     def recipe_mode(self) -> str:
         """The memory column that matches the recipe (DoRA and rsLoRA are LoRA variants)."""
-        return self.adapter if self.adapter in MODES else "lora"
+        return memory_mode(self.adapter)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -171,14 +106,6 @@ def _meta_model(config, trust_remote_code: bool):
         raise ModelError(f"transformers cannot build a causal LM from this config: {exc}") from None
 
 
-@dataclass
-class _Shapes:
-    total: int
-    adapter: int  # trainable parameters of the recipe's LoRA settings
-    quantizable: int  # weights of linear layers QLoRA stores in 4 bit
-    lora_activation_elems: int  # per token, all layers: see the module docstring
-
-
 def _linear_in_features(peft_model) -> list[tuple[int, int]]:
     """(in_features, r) of every adapted layer."""
     out = []
@@ -198,7 +125,7 @@ def _as_adapter(recipe: Recipe) -> Recipe:
     return copy
 
 
-def count_shapes(config, recipe: Recipe) -> _Shapes:
+def count_shapes(config, recipe: Recipe) -> ModelShapes:
     """Exact parameter counts from a meta-device model with the recipe's adapter applied."""
     import torch
     from peft import get_peft_model
@@ -223,62 +150,7 @@ def count_shapes(config, recipe: Recipe) -> _Shapes:
     adapter, _ = peft_model.get_nb_trainable_parameters()
     dropout_copy = recipe.train.lora.dropout > 0
     lora_elems = sum(in_f * dropout_copy + r for in_f, r in _linear_in_features(peft_model))
-    return _Shapes(total=total, adapter=adapter, quantizable=quantizable, lora_activation_elems=lora_elems)
-
-
-def _dims(config) -> dict[str, int]:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    h, heads = text.hidden_size, text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or h // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return {
-        "layers": text.num_hidden_layers,
-        "hidden": h,
-        "intermediate": getattr(text, "intermediate_size", None) or 4 * h,
-        "kv": kv_heads * head_dim,
-        "vocab": text.vocab_size,
-    }
-
-
-# ---------------------------------------------------------------- memory
-
-
-def _tokens_per_batch(recipe: Recipe) -> int:
-    sequences = recipe.train.batch_size * (2 if recipe.train.method == "dpo" else 1)  # DPO: chosen + rejected
-    return sequences * recipe.data.max_length
-
-
-def unfused_logits_bytes(config, recipe: Recipe) -> int:
-    return _tokens_per_batch(recipe) * _dims(config)["vocab"] * 8
-
-
-def memory_by_mode(config, shapes: _Shapes, recipe: Recipe) -> dict[str, Memory]:
-    """Full / LoRA / QLoRA memory at the recipe's batch size and max_length (see module docstring)."""
-    d = _dims(config)
-    tokens = _tokens_per_batch(recipe)
-    per_layer = 6 * d["hidden"] + 2 * d["kv"] + 4 * d["intermediate"]
-    tile = BF16 * min(tokens, LM_HEAD_TOKEN_TILE) * min(d["vocab"], LM_HEAD_VOCAB_TILE)
-    lm_head = 2 * tile + 4 * tokens * d["hidden"] + 4 * 7 * tokens
-    head_grad = 4 * d["vocab"] * d["hidden"]
-    checkpointing = recipe.train.gradient_checkpointing
-
-    def activations(lora_elems: int) -> tuple[int, int]:
-        plain = BF16 * tokens * (d["layers"] * per_layer + lora_elems)
-        kept = BF16 * tokens * (d["layers"] * d["hidden"] + per_layer + lora_elems // max(d["layers"], 1))
-        return plain, kept
-
-    full_act, full_ckpt = activations(0)
-    lora_act, lora_ckpt = activations(shapes.lora_activation_elems)
-    dense = BF16 * shapes.total
-    nf4 = math.ceil(shapes.quantizable * NF4_DOUBLE_QUANT_BITS / 8) + BF16 * (shapes.total - shapes.quantizable)
-    optimizer = getattr(getattr(recipe.train, "fast", None), "optimizer", "")
-    moments = 2 if "8bit" in optimizer else 8  # AdamW's two moments per trainable parameter
-    adapter_state = (4 + 4 + moments) * shapes.adapter
-    return {
-        "full": Memory(dense, (2 + 4 + moments) * shapes.total, full_act, full_ckpt, lm_head + head_grad, checkpointing),
-        "lora": Memory(dense, adapter_state, lora_act, lora_ckpt, lm_head, checkpointing),
-        "qlora": Memory(nf4, adapter_state, lora_act, lora_ckpt, lm_head, checkpointing),
-    }
+    return ModelShapes(total=total, adapter=adapter, quantizable=quantizable, lora_activation_elems=lora_elems)
 
 
 # ---------------------------------------------------------------- tokens and time

@@ -1,6 +1,6 @@
 """The CUDA fast path: which speed switches a training run uses, and why.
 
-`plan_fast_path` turns the recipe's `train.fast` section, the model's shape and the device into a
+`plan_fast_path` turns the recipe (its `train.fast` section), the model's shape and the device into a
 `FastPathPlan`: one entry per switch (on/off and the reason), written to the run manifest.
 `training_args(plan)` gives the trainer arguments that carry it out; `apply_to_model` does what
 must touch the model itself. On CPU every switch is off and training runs exactly as before.
@@ -9,8 +9,9 @@ Rules (CUDA):
 - Liger kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel is installed and supports the
   architecture. Its fused linear cross-entropy is NOT used: TRL's SFTTrainer already scores the
   LM head in chunks (`add_fused_lm_head`), so the (tokens × vocab) fp32 logits never exist.
-- Activation checkpointing from the memory estimate: off when everything fits in the budget,
-  else every n-th layer for the largest n that fits, else every layer.
+- Activation checkpointing from the memory estimate (tunekit.train.memory, the model `tunekit
+  estimate` prints, plus runtime headroom): off when everything fits in the budget, else every
+  n-th layer for the largest n that fits, else every layer.
 - Fused AdamW, bf16 autocast, padding-free batches only where the attention kernel keeps packed
   examples apart without a dense mask (flash / flex attention), torch.compile only when asked.
 """
@@ -105,49 +106,26 @@ def plan_for(recipe, model) -> FastPathPlan:
     """The plan for training `model` (already loaded) with `recipe` on this machine's device."""
     config = model.config
     attn = getattr(config, "_attn_implementation", None) or "sdpa"
-    device = DeviceInfo.probe()
-    memory = recipe_memory_estimate(recipe, config) if device.kind == "cuda" and recipe.train.fast.enabled else None
-    return plan_fast_path(
-        recipe.train, config, device, seq_len=recipe.data.max_length, attn_implementation=attn, memory=memory
-    )
+    return plan_fast_path(recipe, config, DeviceInfo.probe(), attn_implementation=attn)
 
 
 def recipe_memory_estimate(recipe, model_config):
-    """every_n -> bytes from `tunekit.train.estimate` (exact adapter shapes from a meta-device
-    model), extended from its two figures (no checkpointing / every layer) to every n-th layer."""
-    from tunekit.train import estimate
+    """every_n -> peak bytes (None: no checkpointing): tunekit.train.memory's model, with exact
+    adapter shapes from a meta-device model, plus the runtime headroom the plan keeps."""
+    from tunekit.train.estimate import count_shapes
+    from tunekit.train.memory import peak_bytes_by_checkpointing
 
-    memory = estimate.memory_by_mode(model_config, estimate.count_shapes(model_config, recipe), recipe)
-    mode = {"full": "full", "qlora": "qlora"}.get(recipe.train.adapter, "lora")
-    m = memory[mode]
-    n_layers = model_config.num_hidden_layers
-    per_layer = m.activations_no_checkpointing / n_layers  # a layer's saved activations, adapter extras included
-    layer_input = 2 * recipe.train.batch_size * recipe.data.max_length * model_config.hidden_size
-    fixed = m.weights + m.trainable_state + m.lm_head + RUNTIME_OVERHEAD_BYTES
+    peak = peak_bytes_by_checkpointing(model_config, count_shapes(model_config, recipe), recipe)
 
     def total(every_n: int | None) -> int:
-        if every_n is None:
-            return int(fixed + m.activations_no_checkpointing)
-        checkpointed = -(-n_layers // every_n)
-        return int(fixed + checkpointed * layer_input + (n_layers - checkpointed + 1) * per_layer)
+        return peak(every_n) + RUNTIME_OVERHEAD_BYTES
 
-    total.source = "tunekit.train.estimate"
     return total
 
 
-def plan_fast_path(
-    train,
-    model_config,
-    device: DeviceInfo,
-    *,
-    seq_len: int,
-    attn_implementation: str = "sdpa",
-    memory=None,
-) -> FastPathPlan:
-    """Decide every switch for `train` (a TrainConfig) on `device`; see the module docstring.
-
-    `memory` (every_n -> bytes; None: no checkpointing) is the estimate to plan checkpointing by;
-    without it, `memory_estimate` (this module's own, which also knows what Liger saves) is used."""
+def plan_fast_path(recipe, model_config, device: DeviceInfo, *, attn_implementation: str = "sdpa") -> FastPathPlan:
+    """Decide every switch for `recipe` on `device`; see the module docstring."""
+    train = recipe.train
     if device.kind != "cuda" or not train.fast.enabled:
         return _plain_plan(train, device)
     fast = train.fast
@@ -167,7 +145,7 @@ def plan_fast_path(
     plan.optimizer = _optimizer(fast.optimizer, device)
     plan.switches["fused_adamw"] = Switch(plan.optimizer == "adamw_torch_fused", f"optimizer {plan.optimizer}")
     plan.switches["torch_compile"] = Switch(fast.torch_compile, "asked for" if fast.torch_compile else "off unless asked (compile time)")
-    _plan_checkpointing(plan, train, model_config, device, seq_len, memory)
+    _plan_checkpointing(plan, recipe, model_config, device)
     return plan
 
 
@@ -213,7 +191,8 @@ def _optimizer(choice: str, device: DeviceInfo) -> str:
     return "adamw_torch_fused" if choice == "auto" else choice
 
 
-def _plan_checkpointing(plan: FastPathPlan, train, model_config, device: DeviceInfo, seq_len: int, memory) -> None:
+def _plan_checkpointing(plan: FastPathPlan, recipe, model_config, device: DeviceInfo) -> None:
+    train = recipe.train
     fast = train.fast
     if not fast.auto_checkpointing:
         plan.checkpoint_every_n_layers = 1 if train.gradient_checkpointing else None
@@ -222,8 +201,8 @@ def _plan_checkpointing(plan: FastPathPlan, train, model_config, device: DeviceI
         )
         return
     budget = int(fast.memory_budget_gib * GIB) if fast.memory_budget_gib else int(fast.memory_fraction * device.total_memory)
-    estimate = memory or memory_estimate(train, model_config, seq_len=seq_len, liger=plan.on("liger"))
-    plan.memory_source = getattr(estimate, "source", "tunekit.train.fastpath.memory_estimate")
+    estimate = recipe_memory_estimate(recipe, model_config)
+    plan.memory_source = "tunekit.train.memory"
     n_layers = model_config.num_hidden_layers
     plan.memory = {"budget": budget}
     for every_n in [None, *range(n_layers, 0, -1)]:  # cheapest first: none, then ever more layers
@@ -239,66 +218,6 @@ def _plan_checkpointing(plan: FastPathPlan, train, model_config, device: DeviceI
         plan.switches["activation_checkpointing"] = Switch(
             True, f"every {every_n} layer(s): estimate {total / GIB:.1f} GiB {fits} the {budget / GIB:.1f} GiB budget"
         )
-
-
-def memory_estimate(train, model_config, *, seq_len: int, liger: bool):
-    """A function every_n -> estimated peak bytes (None: no checkpointing).
-
-    Counts weights (bf16, or NF4 + double quant for qlora), adapter weights + grads + AdamW state in
-    fp32, activations saved for backward per token and layer, the checkpointed layer inputs, one
-    layer recomputed at a time, the LM head chunks, and a fixed runtime overhead.
-    """
-    h = model_config.hidden_size
-    inter = model_config.intermediate_size
-    heads = model_config.num_attention_heads
-    head_dim = getattr(model_config, "head_dim", None) or h // heads
-    kv = model_config.num_key_value_heads * head_dim
-    q = heads * head_dim
-    n_layers = model_config.num_hidden_layers
-    layer_params, embed_params, head_params = parameter_counts(model_config)
-
-    if train.adapter == "qlora":
-        weights = layer_params * 0.53 + (embed_params + head_params) * 2  # 4 bits + double-quant scales
-    else:
-        weights = (layer_params + embed_params + head_params) * 2
-    r = train.lora.r
-    lora_params = n_layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + inter) + (inter + h))
-    optim_bytes = 8 if "8bit" not in train.fast.optimizer else 2
-    adapter = lora_params * (4 + 4 + optim_bytes)
-
-    tokens = train.batch_size * seq_len
-    norms = (2 if liger else 3) * 2 * h  # saved per norm: input (+fp32 copy without Liger) and output
-    attention = 2 * q + 2 * kv  # q, k, v and the attention output
-    mlp = (3 if liger else 4) * inter  # gate, up, product (+ silu output without Liger)
-    dropout = (7.5 * h + 1.5 * q + 1.5 * inter) if train.lora.dropout > 0 else 0  # LoRA dropout copies + masks
-    per_layer = 2 * tokens * (norms + attention + mlp + dropout)
-    layer_input = 2 * tokens * h
-    # Final norm output and its gradient, plus TRL's fp32 tiles of (token chunk x vocab chunk).
-    lm_head = 4 * tokens * h * 2 + 1 * GIB
-
-    def total(every_n: int | None) -> int:
-        if every_n is None:
-            acts = n_layers * per_layer
-        else:
-            checkpointed = -(-n_layers // every_n)
-            acts = checkpointed * layer_input + (n_layers - checkpointed) * per_layer + per_layer
-        return int(weights + adapter + acts + lm_head + RUNTIME_OVERHEAD_BYTES)
-
-    return total
-
-
-def parameter_counts(model_config) -> tuple[int, int, int]:
-    """(decoder-layer matmul weights, input embedding, LM head) of a Llama-style config; a tied
-    head shares the embedding matrix, so it counts once (as the embedding) in memory."""
-    h = model_config.hidden_size
-    heads = model_config.num_attention_heads
-    head_dim = getattr(model_config, "head_dim", None) or h // heads
-    q = heads * head_dim
-    kv = model_config.num_key_value_heads * head_dim
-    per_layer = h * q + 2 * h * kv + q * h + 3 * h * model_config.intermediate_size
-    embed = model_config.vocab_size * h
-    head = 0 if getattr(model_config, "tie_word_embeddings", False) else embed
-    return model_config.num_hidden_layers * per_layer, embed, head
 
 
 def training_args(plan: FastPathPlan) -> dict:
