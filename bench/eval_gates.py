@@ -1,6 +1,6 @@
 """Do the ship gates catch bad models? Train the ticket-triage example three ways and record the verdicts.
 
-Scenarios (each a full `tunekit run --stages prepare,train,eval` of examples/ticket_triage/recipe.yaml
+Scenarios (each a full `tunekit run --stages prepare --stages train --stages eval` of examples/ticket_triage/recipe.yaml
 with `--set` overrides, in a fresh process, on the embedded SmolLM2-135M-Instruct):
 
 - default      the shipped recipe as it is (general replay mixed in): should PASS, forgetting drop small.
@@ -90,7 +90,8 @@ def main() -> None:
         if args.eval_only:  # the run keeps its recipe; the example's current eval section is laid over it
             command = [sys.executable, "-m", "tunekit", "eval", str(run_dir), *eval_overrides()]
         else:
-            command = [sys.executable, "-m", "tunekit", "run", str(EXAMPLE / "recipe.yaml"), "--stages", "prepare,train,eval", "--overwrite"]
+            command = [sys.executable, "-m", "tunekit", "run", str(EXAMPLE / "recipe.yaml"), "--overwrite"]
+            command += ["--stages", "prepare", "--stages", "train", "--stages", "eval"]
             for item in overrides:
                 command += ["--set", item]
         started = time.perf_counter()

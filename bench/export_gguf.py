@@ -1,6 +1,6 @@
 """Export benchmark: a trained run exported to merged + GGUF (F16, Q8_0, Q4_K_M) + Ollama.
 
-Runs `run_export` on an existing run directory (train it first, e.g. with the example recipe) and
+Runs `tunekit.export.export` on an existing run directory (train it first, e.g. with the example recipe) and
 records the export wall time per step, the F16 GGUF parity against the merged HF model on the test
 set (share of identical greedy answers), the perplexity increase of each quantized file over F16,
 and the file sizes. Appends one JSON object to bench/results/export_gguf.jsonl.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from results_file import append_record  # bench/ is on sys.path when a script here runs
 from tunekit.config import load_recipe
-from tunekit.export import run_export
+from tunekit.export import export
 from tunekit.runs import RunPaths
 from tunekit.train.manifest import hardware
 
@@ -40,7 +40,7 @@ def main() -> None:
     recipe = load_recipe(args.run_dir, overrides)
     run = RunPaths(recipe.run_dir)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    report = run_export(recipe, run)
+    report = export(recipe, run).to_json()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     gguf = report["gguf"]
     parity, quant = gguf["parity"], gguf["quant"]

@@ -1,16 +1,62 @@
-"""`tunekit run`: every stage in order, on one recipe, into one run directory."""
+"""`tunekit run`: every stage in order, on one recipe, into one run directory.
+
+Each stage is one function of one shape, `stage(recipe, run) -> <Stage>Result`; this module calls
+exactly those four and nothing else of theirs.
+"""
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
 
 from tunekit.config import Recipe
 from tunekit.console import console
-from tunekit.errors import RunDirError
+from tunekit.errors import RunDirError, TunekitError
 from tunekit.runs import RunPaths
 
-STAGES = ("prepare", "train", "eval", "export")
+if TYPE_CHECKING:  # the stage modules load their libraries only when the pipeline runs
+    from tunekit.data import DataResult
+    from tunekit.eval import EvalResult
+    from tunekit.export import ExportResult
+    from tunekit.train import TrainResult
+
+
+class Stage(str, Enum):
+    """The pipeline's stages, in lifecycle order."""
+
+    prepare = "prepare"
+    train = "train"
+    eval = "eval"
+    export = "export"
+
+
+STAGES: tuple[Stage, ...] = tuple(Stage)
+
+
+@dataclass
+class PipelineResult:
+    """Each stage's result (None for a stage that did not run) and wall times in seconds."""
+
+    data: DataResult | None = None
+    train: TrainResult | None = None
+    eval: EvalResult | None = None
+    export: ExportResult | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def chosen_stages(stages: Iterable[Stage | str]) -> tuple[Stage, ...]:
+    """The named stages in lifecycle order; an unknown name is a TunekitError that lists the choices."""
+    names = [s.value if isinstance(s, Stage) else str(s) for s in stages]
+    unknown = [name for name in names if name not in Stage.__members__]
+    if unknown:
+        raise TunekitError(f"unknown stage(s) {', '.join(unknown)}", hint=f"choose from {', '.join(s.value for s in STAGES)}")
+    if not names:
+        raise TunekitError("no stage to run", hint=f"name one or more of {', '.join(s.value for s in STAGES)}")
+    return tuple(s for s in STAGES if s.value in names)
 
 
 def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
@@ -27,66 +73,47 @@ def claim_run_dir(run: RunPaths, overwrite: bool) -> None:
     run.root.mkdir(parents=True, exist_ok=True)
 
 
-def prepare_stage(recipe: Recipe, run: RunPaths) -> dict:
-    """Load the base model's tokenizer (lengths are measured under its chat template), prepare, report."""
-    from tunekit.data import prepare_data
-    from tunekit.data.gates import raise_on_failed_gates
-    from tunekit.data.report import print_summary
-    from tunekit.models import load_tokenizer, resolve_model
-
-    with console.status("loading the tokenizer"):
-        model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-        tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
-    with console.status("preparing data"):
-        report = prepare_data(recipe, run, tokenizer)
-    print_summary(report, run)
-    # After the summary, so the user sees the numbers behind a failed gate; stops `tunekit run` before training.
-    raise_on_failed_gates(report, run.data_report)
-    return report
-
-
 def run_pipeline(
-    recipe: Recipe, run: RunPaths, *, stages: tuple[str, ...] = STAGES, overwrite: bool = False, resume: bool = False
-) -> dict:
+    recipe: Recipe, run: RunPaths, *, stages: Iterable[Stage | str] = STAGES, overwrite: bool = False, resume: bool = False
+) -> PipelineResult:
     """Run the named stages in lifecycle order; return each stage's result and wall time.
 
     `resume` continues an interrupted run in place: data already prepared is kept, training goes
     on from the newest checkpoint, and the later stages run as usual.
     """
-    from tunekit.eval import run_eval
-    from tunekit.export import check_export_requirements, run_export
-    from tunekit.train import run_training
+    from tunekit.data import prepare
+    from tunekit.eval import evaluate
+    from tunekit.export import check_export_requirements, export
+    from tunekit.train import train
 
-    if "export" in stages:
+    chosen = chosen_stages(stages)
+    if Stage.export in chosen:
         check_export_requirements(recipe)  # a missing GGUF extra must not surface only after training
     if resume:
         if overwrite:
             raise RunDirError("--resume and --overwrite contradict each other", hint="pass one of them")
         if run.split("train").exists():
-            stages = tuple(s for s in stages if s != "prepare")
+            chosen = tuple(s for s in chosen if s is not Stage.prepare)
     else:
         claim_run_dir(run, overwrite)
-    actions = {
-        "prepare": lambda: prepare_stage(recipe, run),
-        "train": lambda: run_training(recipe, run, resume=resume),
-        "eval": lambda: run_eval(recipe, run),
-        "export": lambda: run_export(recipe, run),
-    }
-    results: dict = {"timings_s": {}}
-    for stage in STAGES:
-        if stage not in stages:
-            continue
-        console.rule(f"[bold]{stage}")
+    result = PipelineResult()
+    for stage in chosen:
+        console.rule(f"[bold]{stage.value}")
         t0 = time.perf_counter()
-        results[stage] = actions[stage]()
-        results["timings_s"][stage] = round(time.perf_counter() - t0, 1)
-    results["timings_s"]["total"] = round(sum(results["timings_s"].values()), 1)
-    if "eval" in results and "export" in results:
+        if stage is Stage.prepare:
+            result.data = prepare(recipe, run)
+        elif stage is Stage.train:
+            result.train = train(recipe, run, resume=resume)
+        elif stage is Stage.eval:
+            result.eval = evaluate(recipe, run)
+        else:
+            result.export = export(recipe, run)
+        result.timings_s[stage.value] = round(time.perf_counter() - t0, 1)
+    result.timings_s["total"] = round(sum(result.timings_s.values()), 1)
+    if result.eval is not None and result.export is not None:
         # The run ends with the eval report and gate verdict (a failed gate already stopped it, exit 1).
         from tunekit.eval.report import print_report
 
         console.rule("[bold]eval report")
-        print_report(results["eval"])
-    return results
+        print_report(result.eval.report)
+    return result

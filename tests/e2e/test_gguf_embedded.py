@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_embedded_model_as_gguf_answers_like_transformers(tmp_path, embedded_model_dir):
     """A run holding a full model (`model/`: here the untouched embedded SmolLM2) exported to F16 + Q8_0."""
-    from tunekit.export import run_export
+    from tunekit.export import export
 
     tickets = read_jsonl(ROOT / "examples" / "ticket_triage" / "data" / "test.jsonl")[:6]
     write_jsonl(tmp_path / "train.jsonl", tickets)
@@ -33,9 +33,10 @@ def test_embedded_model_as_gguf_answers_like_transformers(tmp_path, embedded_mod
     (run.root / "model").symlink_to(embedded_model_dir, target_is_directory=True)
     write_jsonl(run.split("test"), tickets)
 
-    report = run_export(recipe, run)
-    assert report["source"] == "full" and report["parity"] is None
-    parity = report["gguf"]["parity"]
+    result = export(recipe, run)
+    report = result.to_json()
+    assert result.source == "full" and result.parity is None
+    parity = result.gguf["parity"]
     assert parity["passed"] and parity["template_identical"] and parity["stop_tokens"]["ok"]
     assert parity["n"] == 6 and parity["identical_share"] >= 5 / 6
     assert all(d["gguf_finish"] in ("stop", "length") and d["gguf"] for d in parity["details"])

@@ -113,12 +113,12 @@ def test_unreachable_judge_is_a_failure_not_a_crash(tmp_path):
     assert rows[0]["score"] is None and rows[0]["attempts"] == 2 and "error" in rows[0]["reply"].lower()
 
 
-def test_run_eval_with_judge_gate(judges, run_dir):  # noqa: F811
+def test_evaluate_with_judge_gate(judges, run_dir):  # noqa: F811
     """The judge inside `tunekit eval`: judge.* numbers in the report, judge.jsonl, and a gate on win_rate."""
     import json
 
     from tunekit.config import load_recipe
-    from tunekit.eval import run_eval
+    from tunekit.eval import evaluate
     from tunekit.eval.gates import GateFailure
     from tunekit.runs import RunPaths, read_jsonl
 
@@ -128,7 +128,7 @@ def test_run_eval_with_judge_gate(judges, run_dir):  # noqa: F811
     recipe = load_recipe(run_dir, overrides)
     run = RunPaths(recipe.run_dir)
     with pytest.raises(GateFailure):
-        run_eval(recipe, run)
+        evaluate(recipe, run)
     report = json.loads(run.eval_report.read_text())
     judge = report["judge"]
     assert judge["n"] == 2 and judge["pairs_judged"] == 2 and judge["failures"] == 0

@@ -1,4 +1,4 @@
-"""The eval stage: metric functions on crafted strings, and run_eval on a hand-built run directory."""
+"""The eval stage: metric functions on crafted strings, and `evaluate` on a hand-built run directory."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_aggregate_only_chosen_metrics_and_no_object_references():
     assert per_field == {}
 
 
-# ----------------------------------------------------------------------------- run_eval
+# ----------------------------------------------------------------------------- evaluate
 
 SYSTEM = "Reply with a JSON object with keys category and priority."
 TICKETS = [
@@ -141,13 +141,17 @@ def run_dir(tmp_path, tiny_model_dir) -> Path:
 
 
 def _eval(run_root: Path, *overrides: str) -> tuple[dict, list[dict]]:
-    from tunekit.eval import run_eval
+    from tunekit.eval import evaluate
 
     recipe = load_recipe(run_root, list(overrides))
     run = RunPaths(recipe.run_dir)
-    report = run_eval(recipe, run)
+    result = evaluate(recipe, run)
+    report = result.report
     assert json.loads(run.eval_report.read_text()) == report
-    return report, read_jsonl(run.eval_dir / "predictions.jsonl")
+    # The typed result carries the report's own numbers.
+    assert result.report_path == run.eval_report and result.n_examples == report["n_examples"]
+    assert result.metrics == report["metrics"] and result.passed is report["verdict"]["passed"] is True
+    return report, read_jsonl(result.predictions_path)
 
 
 def _plain_greedy(model_dir: Path, prompt: list[dict]) -> str:
@@ -167,7 +171,7 @@ def _plain_greedy(model_dir: Path, prompt: list[dict]) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def test_run_eval_writes_report_and_predictions(run_dir, tiny_model_dir):
+def test_evaluate_writes_report_and_predictions(run_dir, tiny_model_dir):
     report, predictions = _eval(run_dir)
 
     assert report["n_examples"] == len(TICKETS) == len(predictions)
@@ -207,17 +211,17 @@ def test_max_examples_and_no_base(run_dir):
 
 
 def test_missing_stage_outputs_name_the_command_to_run(run_dir):
-    from tunekit.eval import run_eval
+    from tunekit.eval import evaluate
 
     recipe = load_recipe(run_dir)
     run = RunPaths(recipe.run_dir)
     run.split("test").unlink()
     with pytest.raises(RunDirError, match="test.jsonl not found") as err:
-        run_eval(recipe, run)
+        evaluate(recipe, run)
     assert "tunekit data prepare" in err.value.hint
     (run.adapter_dir / "adapter_config.json").unlink()
     with pytest.raises(RunDirError) as err:
-        run_eval(recipe, run)
+        evaluate(recipe, run)
     assert "tunekit train" in err.value.hint
 
 

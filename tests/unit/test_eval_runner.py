@@ -1,4 +1,4 @@
-"""run_eval end to end on a hand-built run dir: the report recounts from predictions.jsonl,
+"""`evaluate` end to end on a hand-built run dir: the report recounts from predictions.jsonl,
 contaminated examples are excluded, gates write a verdict and fail the command, other targets load."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ def _set(run_root, **eval_section):
 
 
 def _run(run_root, *overrides):
-    from tunekit.eval import run_eval
+    from tunekit.eval import evaluate
 
     recipe = load_recipe(run_root, list(overrides))
     run = RunPaths(recipe.run_dir)
     try:
-        report = run_eval(recipe, run)
+        report = evaluate(recipe, run).report
         failure = None
     except GateFailure as exc:
         report, failure = json.loads(run.eval_report.read_text()), exc

@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.test_export import PROMPTS, make_run
 from tunekit.errors import TunekitError
-from tunekit.export import run_export
+from tunekit.export import export
 from tunekit.export.gguf import convert_to_gguf, converter_gguf_mismatches, read_gguf_metadata
 from tunekit.export.gguf_parity import check_gguf_parity, gguf_parity_failure_message
 from tunekit.export.parity import parity_prompts
@@ -32,7 +32,7 @@ GGUF_OVERRIDES = [
 @pytest.fixture(scope="module")
 def gguf_export(tmp_path_factory, tiny_model_dir):
     recipe, run = make_run(tmp_path_factory.mktemp("gguf"), tiny_model_dir, overrides=GGUF_OVERRIDES)
-    return recipe, run, run_export(recipe, run)
+    return recipe, run, export(recipe, run).to_json()
 
 
 def _im_end(tokenizer) -> int:
@@ -135,7 +135,7 @@ def test_gate_blocks_a_quantization_level(tmp_path, tiny_model_dir):
         "export.gguf.max_ppl_increase={Q2_K: 0.001}",
     ]
     recipe, run = make_run(tmp_path, tiny_model_dir, overrides=overrides)
-    report = run_export(recipe, run)["gguf"]
+    report = export(recipe, run).gguf
     rows = {row["type"]: row for row in report["quant"]["quantized"]}
     assert rows["Q2_K"]["increase_pct"] > 0.001 and rows["Q2_K"]["blocked"] is True
     assert report["blocked"] == ["Q2_K"] and not (run.export_dir / "exp-Q2_K.gguf").exists()
@@ -185,7 +185,7 @@ def test_planted_stop_token_mismatch_is_caught(gguf_export, tmp_path):
 
 
 def test_failed_gguf_parity_fails_the_export(tmp_path, tiny_model_dir, monkeypatch):
-    """run_export turns a failed GGUF parity into an error and quantizes nothing."""
+    """The export stage turns a failed GGUF parity into an error and quantizes nothing."""
     from tunekit.export import gguf_stage
 
     real_convert = gguf_stage.convert_to_gguf
@@ -200,7 +200,7 @@ def test_failed_gguf_parity_fails_the_export(tmp_path, tiny_model_dir, monkeypat
     overrides = ["export.formats=[gguf]", "export.adapter=false", "export.check_parity=false", "export.gguf.types=[Q4_K_M]"]
     recipe, run = make_run(tmp_path, tiny_model_dir, overrides=overrides)
     with pytest.raises(TunekitError, match="chat template differs"):
-        run_export(recipe, run)
+        export(recipe, run)
     written = json.loads((run.export_dir / "export_report.json").read_text())
     assert written["gguf"]["parity"]["passed"] is False and not (run.export_dir / "exp-Q4_K_M.gguf").exists()
 
@@ -253,7 +253,7 @@ def test_missing_extra_names_it(tmp_path, tiny_model_dir, monkeypatch):
     overrides = ["export.formats=[gguf]", "export.adapter=false", "export.check_parity=false"]
     recipe, run = make_run(tmp_path, tiny_model_dir, overrides=overrides)
     with pytest.raises(TunekitError, match=r"tunekit\[gguf\]"):
-        run_export(recipe, run)
+        export(recipe, run)
 
 
 def test_cli_format_and_quant(tmp_path, tiny_model_dir):

@@ -1,5 +1,5 @@
 """Checkpoints, resume points, NaN/inf halt, early stopping, trackers and metrics.jsonl memory,
-on the tiny random Llama through `run_training` (the real trainer, real files)."""
+on the tiny random Llama through `train` (the real trainer, real files)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tunekit.config import parse_recipe
 from tunekit.errors import RecipeError, RunDirError, TunekitError
 from tunekit.runs import RunPaths, write_jsonl
 from tests.unit.train_helpers import tiny_train_run
-from tunekit.train import run_training
+from tunekit.train import train
 from tunekit.train.callbacks import MetricsLog
 from tunekit.train.robust import (
     TrainingDiverged,
@@ -30,8 +30,8 @@ def _chat(user: str, reply: str) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
 
 
-def _make_run(tmp_path, tiny_model_dir, train_rows, val_rows, **train):
-    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train)
+def _make_run(tmp_path, tiny_model_dir, train_rows, val_rows, **train_settings):
+    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train_settings)
     write_jsonl(run.split("train"), train_rows)
     if val_rows:
         write_jsonl(run.split("val"), val_rows)
@@ -152,7 +152,7 @@ class _PoisonHiddenStatesFrom(TrainerCallback):
 def test_nan_loss_halts_naming_the_step_and_the_last_good_checkpoint(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = _make_run(tmp_path, tiny_model_dir, chat_rows[:8], [], max_steps=10, save_steps=2)
     with pytest.raises(TrainingDiverged) as caught:
-        run_training(recipe, run, show_progress=False, callbacks=[_PoisonHiddenStatesFrom(5)])
+        train(recipe, run, show_progress=False, callbacks=[_PoisonHiddenStatesFrom(5)])
     message = str(caught.value)
     good = run.checkpoints_dir / "checkpoint-4"
     assert f"training diverged at step 5: the gradients are not finite (NaN or inf)" in message
@@ -176,7 +176,7 @@ def test_early_stopping_keeps_the_best_checkpoint_and_ends_on_it(tmp_path, tiny_
         tmp_path, tiny_model_dir, train_rows, val_rows,
         max_steps=40, learning_rate=1e-2, eval_steps=2, early_stopping_patience=2, save_total_limit=1, report_to=["tensorboard"],
     )
-    result = run_training(recipe, run, show_progress=False)
+    result = train(recipe, run, show_progress=False)
     evals = [(r["step"], r["eval_loss"]) for r in _metrics(run) if "eval_loss" in r]
     best_step, best_loss = min(evals, key=lambda e: e[1])
     assert result.steps < 40 and result.steps == best_step + 2 * 2  # two evaluations past the best

@@ -9,12 +9,12 @@ from transformers import TrainerCallback
 
 from tunekit.runs import write_jsonl
 from tests.unit.train_helpers import tiny_train_run
-from tunekit.train import run_training
+from tunekit.train import train
 from tunekit.train.sft import build_trainer
 
 
-def _make_run(tmp_path, tiny_model_dir, chat_rows, **train):
-    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train)
+def _make_run(tmp_path, tiny_model_dir, chat_rows, **train_settings):
+    recipe, run = tiny_train_run(tmp_path, tiny_model_dir, **train_settings)
     rows = [{**row, "meta": {"source": "train.jsonl", "line": i + 1}} for i, row in enumerate(chat_rows)]
     write_jsonl(run.split("train"), rows[:8])
     write_jsonl(run.split("val"), rows[8:])
@@ -42,7 +42,7 @@ def test_labels_are_minus_100_outside_assistant_turns(tmp_path, tiny_model_dir, 
 def test_three_steps_move_every_lora_weight_and_write_artifacts(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = _make_run(tmp_path, tiny_model_dir, chat_rows, max_steps=3, learning_rate=1e-3)
     snapshot = _Snapshot()
-    result = run_training(recipe, run, show_progress=False, callbacks=[snapshot])
+    result = train(recipe, run, show_progress=False, callbacks=[snapshot])
     assert result.steps == 3
 
     from safetensors.torch import load_file
@@ -84,6 +84,6 @@ def test_three_steps_move_every_lora_weight_and_write_artifacts(tmp_path, tiny_m
 
 def test_loss_falls_when_learning_a_fixed_reply(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = _make_run(tmp_path, tiny_model_dir, chat_rows, max_steps=12, learning_rate=5e-3)
-    run_training(recipe, run, show_progress=False)
+    train(recipe, run, show_progress=False)
     losses = [json.loads(line)["loss"] for line in run.metrics.read_text().splitlines() if '"loss"' in line]
     assert losses[-1] < losses[0] - 0.5

@@ -22,12 +22,11 @@ def prepare(
         bool, typer.Option("--strict", help="Fail when any row is removed for any reason, duplicates and policy drops included.")
     ] = False,
 ) -> None:
+    from tunekit.data import prepare as prepare_data_stage
     from tunekit.errors import DataError
-    from tunekit.pipeline import prepare_stage
 
     loaded, run = recipe_and_run(recipe, set_)
-    report = prepare_stage(loaded, run)
-    removed = report["quarantine"]["by_reason"]
+    removed = prepare_data_stage(loaded, run).removed
     if strict and removed:
         counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(removed.items()))
         raise DataError(

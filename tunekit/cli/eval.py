@@ -41,7 +41,7 @@ def eval_command(
 
     Exits 1 when a gate in `eval.gates` fails; the verdict is written to <run>/eval/verdict.json.
     """
-    from tunekit.eval import run_eval
+    from tunekit.eval import evaluate
 
     # Everything goes through the recipe, so it is validated like any other key.
     overrides = list(set_ or [])
@@ -54,8 +54,8 @@ def eval_command(
         if endpoint_model is not None:
             overrides.append(f"eval.endpoint.model={endpoint_model}")
     recipe, run = recipe_and_run(recipe_path, _with_endpoint_model(recipe_path, overrides, endpoint, endpoint_model))
-    report = run_eval(recipe, run)
-    console.print(f"[green]eval done[/]: {report['n_examples']} examples, predictions in {run.eval_dir / 'predictions.jsonl'}")
+    result = evaluate(recipe, run)
+    console.print(f"[green]eval done[/]: {result.n_examples} examples, predictions in {result.predictions_path}")
 
 
 def _with_endpoint_model(recipe_path, overrides: list[str], endpoint: str | None, endpoint_model: str | None) -> list[str]:

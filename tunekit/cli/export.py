@@ -40,12 +40,12 @@ def _as_overrides(format_: str | None, quant: str | None) -> list[str]:
 
 def export(recipe: RecipeArg, format_: FormatOpt = None, quant: QuantOpt = None, set_: SetOpt = None) -> None:
     """Export a trained run: merged model, GGUF files with parity and quantization gate, Ollama Modelfile."""
-    from tunekit.export import run_export
+    from tunekit.export import export as export_stage
 
     cfg, run = recipe_and_run(recipe, [*(set_ or []), *_as_overrides(format_, quant)])
     if quant and not cfg.export.writes_gguf:
         cfg.export.formats = [*cfg.export.formats, "gguf"]  # asking for quantized files means asking for GGUF
-    run_export(cfg, run)
+    export_stage(cfg, run)
 
 
 def register(app: typer.Typer) -> None:

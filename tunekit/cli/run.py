@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunekit.cli.common import RecipeArg, SetOpt
+from tunekit.cli.common import RecipeArg, SetOpt, recipe_and_run
 from tunekit.config import load_recipe
 from tunekit.console import console
+from tunekit.pipeline import STAGES, Stage
 
 
 def run(
@@ -20,22 +21,18 @@ def run(
         bool, typer.Option("--resume", help="Continue an interrupted run: keep its prepared data, train on from the newest checkpoint.")
     ] = False,
     stages: Annotated[
-        Optional[str], typer.Option(help="Comma-separated subset of prepare,train,eval,export (default: all).")
+        Optional[list[Stage]],
+        typer.Option(
+            "--stages", "--stage", help="Run only this stage (repeatable: --stages prepare --stages train); default: all, in order."
+        ),
     ] = None,
 ) -> None:
     """Run the whole pipeline: prepare → train → eval → export."""
-    from tunekit.errors import TunekitError
-    from tunekit.pipeline import STAGES, run_pipeline
-    from tunekit.runs import RunPaths
+    from tunekit.pipeline import run_pipeline
 
-    chosen = tuple(s.strip() for s in stages.split(",")) if stages else STAGES
-    unknown = [s for s in chosen if s not in STAGES]
-    if unknown:
-        raise TunekitError(f"--stages: unknown stage(s) {', '.join(unknown)}", hint=f"choose from {', '.join(STAGES)}")
-    cfg = load_recipe(recipe, set_ or [])
-    run_paths = RunPaths(cfg.run_dir)
-    results = run_pipeline(cfg, run_paths, stages=chosen, overwrite=overwrite, resume=resume)
-    timings = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings_s"].items())
+    cfg, run_paths = recipe_and_run(recipe, set_)
+    results = run_pipeline(cfg, run_paths, stages=stages or STAGES, overwrite=overwrite, resume=resume)
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in results.timings_s.items())
     console.rule("[bold green]done")
     console.print(f"run directory: {run_paths.root}\ntimings: {timings}")
 

@@ -25,11 +25,11 @@ def train(recipe: RecipeArg, set_: SetOpt = None, resume: ResumeOpt = False) -> 
 
     Runs unchanged under `accelerate launch` (several GPUs, or `--cpu --num_processes N`).
     """
-    from tunekit.train import run_training
+    from tunekit.train import train as train_stage
     from tunekit.train.robust import is_main_process
 
     cfg, run = recipe_and_run(recipe, set_)
-    result = run_training(cfg, run, resume=resume)
+    result = train_stage(cfg, run, resume=resume)
     if not is_main_process():
         return
     val = f", validation loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""

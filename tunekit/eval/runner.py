@@ -8,16 +8,16 @@ a failed gate. Every number in the report is recomputable from predictions.jsonl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunekit.config import Recipe
 from tunekit.console import console
 from tunekit.data.formats import with_system_prompt
 from tunekit.errors import DataError
-from tunekit.eval import forgetting as F
-from tunekit.eval import task as T
-from tunekit.eval.gates import GateFailure, evaluate
+from tunekit.eval import forgetting, task
+from tunekit.eval.gates import GateFailure
+from tunekit.eval.gates import evaluate as evaluate_gates
 from tunekit.eval.generation import Decoding, Generations
 from tunekit.eval.report import build_report, flat_metrics, print_report, write_html
 from tunekit.eval.targets import load_sides, require_trained, resolve_target
@@ -35,13 +35,15 @@ def verdict_path(run: RunPaths) -> Path:
 
 
 @dataclass
-class Example:
+class EvalExample:
+    """One test-split chat, split into what the model is asked and the answer it is scored against."""
+
     prompt: list[dict]  # the chat without its final assistant turn
     reference: str  # the final assistant turn
     meta: dict
 
 
-def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
+def load_examples(run: RunPaths, recipe: Recipe) -> list[EvalExample]:
     """The prepared test split, cut to `eval.max_examples`, as prompt/reference pairs."""
     path = run.require(run.split("test"), "data prepare")
     rows = read_jsonl(path)
@@ -65,11 +67,11 @@ def load_examples(run: RunPaths, recipe: Recipe) -> list[Example]:
             raise DataError(f"{path}, line {number}: the last message must be the assistant's answer to compare against")
         # Same rule as data preparation: the recipe's system prompt fills in where a chat has none.
         prompt = with_system_prompt(messages[:-1], recipe.data.system_prompt)
-        examples.append(Example(prompt=prompt, reference=messages[-1]["content"], meta=row.get("meta", {"line": number})))
+        examples.append(EvalExample(prompt=prompt, reference=messages[-1]["content"], meta=row.get("meta", {"line": number})))
     return examples
 
 
-def _contamination(recipe: Recipe, run: RunPaths, examples: list[Example]) -> list[dict | None]:
+def _contamination(recipe: Recipe, run: RunPaths, examples: list[EvalExample]) -> list[dict | None]:
     cfg = recipe.eval.contamination
     if not cfg.enabled:
         return [None] * len(examples)
@@ -95,16 +97,16 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
     cfg = recipe.eval.forgetting
     if not cfg.enabled:
         return None, []
-    items = [item for name in cfg.suites for item in F.load_suite(name)]
+    items = [item for name in cfg.suites for item in forgetting.load_suite(name)]
     # A question seen in training says nothing about forgetting: it is left out before sampling.
     flags = _suite_contamination(recipe, run, items)
     exclude = recipe.eval.contamination.exclude
     flagged = [(item, flag) for item, flag in zip(items, flags) if flag is not None]
     excluded = flagged if exclude else []
-    items = F.select([item for item, flag in zip(items, flags) if flag is None or not exclude], cfg.max_items)
-    decoding = Decoding(F.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
-    outputs = {name: F.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
-    correct = {name: [F.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
+    items = forgetting.select([item for item, flag in zip(items, flags) if flag is None or not exclude], cfg.max_items)
+    decoding = Decoding(forgetting.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
+    outputs = {name: forgetting.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
+    correct = {name: [forgetting.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
     rows = [
         {"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"], "check": item["check"],
          **{f"{name}_output": outputs[name][i] for name in outputs}, **{f"{name}_right": correct[name][i] for name in correct}}
@@ -112,7 +114,7 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
     ]
     rows += [{"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"],
               "check": item["check"], "contamination": flag, "excluded": True} for item, flag in excluded]
-    summary = F.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
+    summary = forgetting.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
     summary["contaminated"] = {"n": len(flagged), "excluded": bool(excluded), "ids": [item["id"] for item, _ in flagged]}
     return summary, rows
 
@@ -121,18 +123,18 @@ def _judge(recipe: Recipe, run: RunPaths, examples, kept: list[int], outputs: di
     cfg = recipe.eval.judge
     if not cfg.enabled:
         return None, []
-    from tunekit.eval import judge as J
+    from tunekit.eval import judge
 
-    judge = J.Judge(cfg, run.eval_dir / "judge_cache.jsonl")
+    grader = judge.Judge(cfg, run.eval_dir / "judge_cache.jsonl")
     chosen = kept[: cfg.max_items] if cfg.max_items else kept
     prompts = [examples[i].prompt for i in chosen]
     references = [examples[i].reference for i in chosen]
     rubric = pairs = None
     if cfg.mode in ("rubric", "both"):
-        rubric = {name: J.rubric_scores(judge, prompts, references, [outs[i] for i in chosen]) for name, outs in outputs.items()}
+        rubric = {name: judge.rubric_scores(grader, prompts, references, [outs[i] for i in chosen]) for name, outs in outputs.items()}
     if cfg.mode in ("pairwise", "both") and "base" in outputs:
-        pairs = J.pairwise(judge, prompts, references, [outputs["tuned"][i] for i in chosen], [outputs["base"][i] for i in chosen])
-    summary = {**J.summarize(rubric, pairs), "n": len(chosen), "calls": judge.calls, "cache_hits": judge.cache_hits, "model": cfg.model}
+        pairs = judge.pairwise(grader, prompts, references, [outputs["tuned"][i] for i in chosen], [outputs["base"][i] for i in chosen])
+    summary = {**judge.summarize(rubric, pairs), "n": len(chosen), "calls": grader.calls, "cache_hits": grader.cache_hits, "model": cfg.model}
     rows = [
         {"index": i, **({f"{n}_rubric": rubric[n][k] for n in rubric} if rubric else {}), **({"pairwise": pairs[k]} if pairs else {})}
         for k, i in enumerate(chosen)
@@ -140,7 +142,20 @@ def _judge(recipe: Recipe, run: RunPaths, examples, kept: list[int], outputs: di
     return summary, rows
 
 
-def run_eval(recipe: Recipe, run: RunPaths) -> dict:
+@dataclass
+class EvalResult:
+    """What the eval stage produced; `report` is eval_report.json as written."""
+
+    report_path: Path
+    predictions_path: Path
+    verdict_path: Path
+    n_examples: int  # scored examples (contaminated ones left out when eval.contamination.exclude)
+    metrics: dict[str, float | None]  # every number a gate can name: task.*, base.task.*, forgetting.*, judge.*
+    passed: bool  # the eval gates verdict (True for a recipe without gates)
+    report: dict = field(repr=False)
+
+
+def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
     """Score the tuned model (and the base) on the test split; write report + verdict; GateFailure on FAIL."""
     cfg = recipe.eval
     require_trained(recipe, run)
@@ -149,26 +164,16 @@ def run_eval(recipe: Recipe, run: RunPaths) -> dict:
     excluded = {i for i, flag in enumerate(flags) if flag is not None and cfg.contamination.exclude}
     kept = [i for i in range(len(examples)) if i not in excluded]
 
-    need_base = cfg.compare_base or cfg.forgetting.enabled
-    sides = load_sides(recipe, run, need_base=need_base)
-    spec = T.TaskSpec.from_recipe(recipe)
+    sides = load_sides(recipe, run, need_base=cfg.compare_base or cfg.forgetting.enabled)
+    spec = task.TaskSpec.from_recipe(recipe)
     decoding = Decoding(cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.seed)
-    prompts = [e.prompt for e in examples]
-    references = [e.reference for e in examples]
-
-    task_sides = [name for name in ("tuned", "base") if name in sides and (name == "tuned" or cfg.compare_base)]
-    generations: dict[str, Generations] = {name: sides[name].answer(prompts, decoding, name) for name in task_sides}
-    nll = {}
-    if "perplexity" in spec.metrics:
-        nll = {name: sides[name].nll(prompts, references, cfg.batch_size) for name in task_sides if sides[name].local}
-    scored = {name: [T.score(out, ref, spec) for out, ref in zip(gen.outputs, references)] for name, gen in generations.items()}
-
-    forgetting, forgetting_rows = _forgetting(recipe, run, sides)
-    judge, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
+    generations, scored, nll = _answer_and_score(recipe, sides, spec, decoding, examples)
+    forgetting_summary, forgetting_rows = _forgetting(recipe, run, sides)
+    judge_summary, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
 
     report = build_report(
         scored, generations, nll, spec=spec, kept=kept, examples=examples, flags=flags,
-        forgetting=forgetting, judge=judge,
+        forgetting=forgetting_summary, judge=judge_summary,
         settings={
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "decoding": decoding.name,
             "metrics": list(spec.metrics), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
@@ -176,7 +181,8 @@ def run_eval(recipe: Recipe, run: RunPaths) -> dict:
             "label_field": spec.label_field, "label_regex": spec.label_regex,
         },
     )
-    verdict = evaluate(list(cfg.gates), flat_metrics(report))
+    metrics = flat_metrics(report)
+    verdict = evaluate_gates(list(cfg.gates), metrics)
     report["verdict"] = verdict
     write_json(run.eval_report, report)
     write_json(verdict_path(run), {**verdict, "run": str(run.root), "report": str(run.eval_report)})
@@ -194,7 +200,24 @@ def run_eval(recipe: Recipe, run: RunPaths) -> dict:
             f"{verdict['n_failed']} of {len(verdict['gates'])} eval gate(s) failed; verdict written to {verdict_path(run)}",
             hint="see the gate table above; the model should not be promoted (later stages of `tunekit run` are skipped)",
         )
-    return report
+    return EvalResult(
+        report_path=run.eval_report, predictions_path=predictions_path(run), verdict_path=verdict_path(run),
+        n_examples=report["n_examples"], metrics=metrics, passed=verdict["passed"], report=report,
+    )
+
+
+def _answer_and_score(recipe: Recipe, sides: dict, spec, decoding: Decoding, examples: list[EvalExample]):
+    """Each compared side answers every example; every answer is scored (and its reference NLL taken)."""
+    cfg = recipe.eval
+    prompts = [e.prompt for e in examples]
+    references = [e.reference for e in examples]
+    task_sides = [name for name in ("tuned", "base") if name in sides and (name == "tuned" or cfg.compare_base)]
+    generations: dict[str, Generations] = {name: sides[name].answer(prompts, decoding, name) for name in task_sides}
+    nll = {}
+    if "perplexity" in spec.metrics:
+        nll = {name: sides[name].nll(prompts, references, cfg.batch_size) for name in task_sides if sides[name].local}
+    scored = {name: [task.score(out, ref, spec) for out, ref in zip(gen.outputs, references)] for name, gen in generations.items()}
+    return generations, scored, nll
 
 
 def _prediction_rows(examples, generations, scored, flags, excluded, nll):

@@ -1,4 +1,4 @@
-"""`run_training`: the one entry point of the train stage, for every method.
+"""`train`: the one entry point of the train stage, for every method.
 
     recipe + prepared run dir → build the method's trainer → train → save adapter/ (or model/),
     metrics.jsonl, loss.png, manifest.json
@@ -15,10 +15,8 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.console import console
 from tunekit.runs import RunPaths, write_json
-from tunekit.train import cpt, dpo, robust, sft
-from tunekit.train import manifest as mf
+from tunekit.train import cpt, dpo, manifest, sft
 from tunekit.train.advice import risky_settings
-from tunekit.train.callbacks import MetricsLog, RichProgress, plot_loss
 from tunekit.train.common import TrainResult, count_parameters
 from tunekit.train.modeling import adapter_details, check_adapter_supported
 
@@ -27,12 +25,19 @@ BUILDERS = {"sft": sft.build, "dpo": dpo.build, "cpt": cpt.build}
 _REWARD_KEYS = ("rewards/margins", "rewards/accuracies", "eval_rewards/margins", "eval_rewards/accuracies")
 
 
-def run_training(
-    recipe: Recipe, run: RunPaths, *, show_progress: bool = True, callbacks: list | None = None, resume: bool = False
+def train(
+    recipe: Recipe, run: RunPaths, *, resume: bool = False, show_progress: bool = True, callbacks: list | None = None
 ) -> TrainResult:
-    """Train with `recipe.train.method` on the prepared splits of `run`; write every artifact."""
+    """Train with `recipe.train.method` on the prepared splits of `run`; write every artifact.
+
+    `resume` continues from the newest complete checkpoint in the run directory."""
+    # Here, not at the top: they subclass transformers' callback, and `tunekit.train` must stay cheap to
+    # import (the CLI's help and `tunekit validate` read tunekit.train.advice).
+    from tunekit.train import robust
+    from tunekit.train.callbacks import MetricsLog, RichProgress, plot_loss
+
     check_adapter_supported(recipe)  # a GPU-only option fails before any data or weights are read
-    started = mf.now_iso()
+    started = manifest.now_iso()
     main_process = robust.is_main_process()  # under accelerate launch / torchrun only rank 0 writes and prints
     resume_from = robust.find_resume_checkpoint(run) if resume else None  # before any weights load
     if main_process:
@@ -54,13 +59,7 @@ def run_training(
     t0 = time.perf_counter()
     output = robust.train_resumably(trainer, run, resume_from)
     runtime = time.perf_counter() - t0
-    eval_loss = metrics.latest.get("eval_loss")
-    if trainer.eval_dataset is not None and eval_loss is None:  # max_steps ended before a scheduled evaluation
-        final_eval = trainer.evaluate()
-        eval_loss = final_eval["eval_loss"]
-        metrics.latest.update({k: v for k, v in final_eval.items() if k in _REWARD_KEYS})
-    if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
-        eval_loss = trainer.state.best_metric  # early stopping: the saved weights are the best checkpoint's
+    eval_loss = _final_eval_loss(trainer, metrics)
     if main_process and run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
         run.checkpoints_dir.rmdir()
 
@@ -86,9 +85,16 @@ def run_training(
     return result
 
 
-def run_sft(recipe: Recipe, run: RunPaths, **kwargs) -> TrainResult:
-    """The earlier name of `run_training`; the method comes from the recipe."""
-    return run_training(recipe, run, **kwargs)
+def _final_eval_loss(trainer, metrics) -> float | None:
+    """The validation loss of the weights that are saved."""
+    eval_loss = metrics.latest.get("eval_loss")
+    if trainer.eval_dataset is not None and eval_loss is None:  # max_steps ended before a scheduled evaluation
+        final_eval = trainer.evaluate()
+        eval_loss = final_eval["eval_loss"]
+        metrics.latest.update({k: v for k, v in final_eval.items() if k in _REWARD_KEYS})
+    if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
+        eval_loss = trainer.state.best_metric  # early stopping: the saved weights are the best checkpoint's
+    return eval_loss
 
 
 def _describe_adapter(recipe: Recipe) -> str:
@@ -118,12 +124,12 @@ def save_trained(recipe: Recipe, run: RunPaths, trainer) -> Path:
 
 def write_manifest(recipe: Recipe, run: RunPaths, model_path: str, details: dict, started: str, result: TrainResult) -> None:
     datasets = {
-        name: {"path": str(run.split(name)), "sha256": mf.sha256_file(run.split(name))}
+        name: {"path": str(run.split(name)), "sha256": manifest.sha256_file(run.split(name))}
         for name in ("train", "val", "test")
         if run.split(name).exists()
     }
     sources = {
-        str(p): mf.source_fingerprint(p) for p in (recipe.data.train, recipe.data.eval, recipe.data.test) if p is not None
+        str(p): manifest.source_fingerprint(p) for p in (recipe.data.train, recipe.data.eval, recipe.data.test) if p is not None
     }
     write_json(
         run.manifest,
@@ -134,14 +140,14 @@ def write_manifest(recipe: Recipe, run: RunPaths, model_path: str, details: dict
             "adapter_details": adapter_details(recipe, result.output_dir),
             "training": details,
             "output": {"kind": "model" if recipe.train.adapter == "full" else "adapter", "path": str(result.output_dir)},
-            "base_model": {"name": recipe.base_model, **mf.model_fingerprint(model_path)},
+            "base_model": {"name": recipe.base_model, **manifest.model_fingerprint(model_path)},
             "datasets": {"prepared": datasets, "sources": sources},
             "seed": {"data": recipe.data.seed, "train": recipe.train.seed},
-            "git": mf.git_commit(recipe.source.parent if recipe.source else Path.cwd()),
-            "packages": mf.package_versions(),
-            "hardware": mf.hardware(),
+            "git": manifest.git_commit(recipe.source.parent if recipe.source else Path.cwd()),
+            "packages": manifest.package_versions(),
+            "hardware": manifest.hardware(),
             "started": started,
-            "finished": mf.now_iso(),
+            "finished": manifest.now_iso(),
             "result": {
                 "steps": result.steps,
                 "train_loss": result.train_loss,
