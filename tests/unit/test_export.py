@@ -9,58 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunekit.config import load_recipe
-from tunekit.errors import RunDirError, TunekitError
-from tunekit.export import check_parity, parity_prompts, run_export
+from tests.unit.export_helpers import LORA_ALPHA, LORA_R, PROMPTS, chat_row, make_run
+from tunekit.errors import RunDirError
+from tunekit.export import ExportResult, check_parity, export, parity_prompts
+from tunekit.export.parity import first_difference
 from tunekit.runs import RunPaths, write_jsonl
-
-LORA_R, LORA_ALPHA = 4, 8
-PROMPTS = [
-    "Ticket 1: my order has not arrived.",
-    "Ticket 2: the parcel was damaged.",
-    "What is two plus two?",
-    "Write one word.",
-]
-
-
-def _chat(user: str, answer: str = '{"category": "shipping"}') -> dict:
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    return {"messages": messages, "meta": {"source": "train.jsonl", "line": 1}}
-
-
-def make_run(
-    root: Path, model_dir: Path, *, target_modules="all-linear", seed: int = 1, overrides=None, test_split=True, use_dora=False
-):
-    """A run directory as training leaves it: resolved recipe, prepared splits, adapter + tokenizer."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    write_jsonl(root / "train.jsonl", [_chat(p) for p in PROMPTS])
-    (root / "recipe.yaml").write_text(
-        f"name: exp\nbase_model: {model_dir}\noutput_dir: {root / 'runs'}\ndata:\n  train: train.jsonl\n"
-        f"train:\n  lora:\n    r: {LORA_R}\n    alpha: {LORA_ALPHA}\n",
-        encoding="utf-8",
-    )
-    recipe = load_recipe(root / "recipe.yaml", overrides or [])
-    run = RunPaths(recipe.run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
-    if test_split:
-        write_jsonl(run.split("test"), [_chat(p) for p in PROMPTS[:3]])
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(
-        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=target_modules, init_lora_weights=False, use_dora=use_dora
-    )
-    get_peft_model(model, config).save_pretrained(run.adapter_dir)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run.adapter_dir)
-    return recipe, run
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_model_dir):
     recipe, run = make_run(tmp_path_factory.mktemp("export"), tiny_model_dir)
-    return recipe, run, run_export(recipe, run)
+    return recipe, run, export(recipe, run)
 
 
 def _chat_ids(tokenizer, user: str) -> list[int]:
@@ -117,7 +75,7 @@ def test_merged_weights_equal_base_plus_scaled_lora_product(exported, tiny_model
 def test_config_is_clean_and_embeddings_stay_tied(exported, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    _, run, report = exported
+    _, run, result = exported
     config = json.loads((run.merged_dir / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["tie_word_embeddings"] is True and config["dtype"] == "float32"
@@ -126,7 +84,7 @@ def test_config_is_clean_and_embeddings_stay_tied(exported, tiny_model_dir):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     base_embed = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
     assert torch.equal(model.model.embed_tokens.weight, base_embed)
-    assert report["merged"]["tie_word_embeddings"] is True and report["merged"]["untied_embeddings"] is False
+    assert result.merged["tie_word_embeddings"] is True and result.merged["untied_embeddings"] is False
 
 
 def test_chat_template_round_trips(exported, tiny_model_dir):
@@ -151,19 +109,20 @@ def test_chat_template_round_trips(exported, tiny_model_dir):
 
 
 def test_report_numbers_and_files(exported):
-    recipe, run, report = exported
-    parity = report["parity"]
+    recipe, run, result = exported
+    parity = result.parity
     assert parity["n"] == 3 and parity["identical"] == 3 and parity["passed"] is True
     assert parity["prompts"] == PROMPTS[:3]  # taken from the test split
     assert parity["max_abs_logit_diff"] < 1e-3 and parity["top1_agreement"] == 1.0
     assert all(d["first_difference"] is None for d in parity["details"])
-    on_disk = json.loads((run.export_dir / "export_report.json").read_text())
-    assert on_disk["parity"]["identical"] == 3 and on_disk["merged"]["bytes"] == report["merged"]["bytes"]
+    assert isinstance(result, ExportResult) and result.report_path == run.export_dir / "export_report.json"
+    on_disk = json.loads(result.report_path.read_text())
+    assert on_disk == json.loads(json.dumps(result.to_json())) and on_disk["parity"]["identical"] == 3
     # The adapter copy is byte-identical to what training wrote.
     copied = run.export_dir / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"):
         assert (copied / name).read_bytes() == (run.adapter_dir / name).read_bytes(), name
-    names = {f["name"] for f in report["merged"]["files"]}
+    names = {f["name"] for f in result.merged["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md"} <= names
     card = (run.merged_dir / "README.md").read_text()
     assert str(recipe.base_model) in card and f"| LoRA rank r / alpha (scale) | {LORA_R} / {LORA_ALPHA} (2) |" in card
@@ -175,10 +134,10 @@ def test_missing_adapter_is_a_run_dir_error(tmp_path, tiny_model_dir):
     for path in run.adapter_dir.iterdir():
         path.unlink()
     with pytest.raises(RunDirError, match="not a PEFT adapter directory"):
-        run_export(recipe, run)  # the directory is there but empty
+        export(recipe, run)  # the directory is there but empty
     run.adapter_dir.rmdir()
     with pytest.raises(RunDirError, match="tunekit train"):
-        run_export(recipe, run)
+        export(recipe, run)
     assert not run.export_dir.exists()
 
 
@@ -187,9 +146,9 @@ def test_adapter_on_tied_lm_head_unties_instead_of_corrupting_embeddings(tmp_pat
 
     overrides = ["export.adapter=false", "eval.max_new_tokens=8"]
     recipe, run = make_run(tmp_path, tiny_model_dir, target_modules=["q_proj", "lm_head"], overrides=overrides)
-    report = run_export(recipe, run)
-    assert report["merged"]["untied_embeddings"] is True and report["adapter"] is None
-    assert report["parity"]["identical"] == 3 and report["parity"]["max_abs_logit_diff"] < 1e-3
+    result = export(recipe, run)
+    assert result.merged["untied_embeddings"] is True and result.adapter is None
+    assert result.parity["identical"] == 3 and result.parity["max_abs_logit_diff"] < 1e-3
     assert json.loads((run.merged_dir / "config.json").read_text())["tie_word_embeddings"] is False
     model = AutoModelForCausalLM.from_pretrained(run.merged_dir)
     base_embed = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
@@ -203,7 +162,7 @@ def test_parity_check_catches_a_wrong_export(exported, tmp_path, tiny_model_dir)
     prompts = parity_prompts(run)
     report = check_parity(str(tiny_model_dir), run.adapter_dir, tiny_model_dir, prompts, 8)
     assert report["passed"] is False and report["identical"] < 3 and report["max_abs_logit_diff"] > 1e-2
-    # run_export turns that verdict into an error that names the prompt.
+    # export() turns that verdict into an error that names the prompt.
     from tunekit.export.parity import parity_failure_message
 
     message = parity_failure_message(report)
@@ -211,14 +170,22 @@ def test_parity_check_catches_a_wrong_export(exported, tmp_path, tiny_model_dir)
     assert first_bad["prompt"] in message and "base + adapter" in message
 
 
+def test_first_difference_is_the_first_differing_token_or_the_shorter_length():
+    """The one helper both parity checks (merged vs base + adapter, GGUF vs merged) report with."""
+    assert first_difference([5, 6, 7], [5, 6, 7]) is None
+    assert first_difference([5, 6, 7], [5, 9, 7]) == 1
+    assert first_difference([5, 6], [5, 6, 7]) == first_difference([5, 6, 7], [5, 6]) == 2
+    assert first_difference([], []) is None and first_difference([], [1]) == 0
+
+
 def test_parity_prompts_prefer_test_then_val_then_fixed(tmp_path):
     from tunekit.export.parity import FALLBACK_PROMPTS
 
     run = RunPaths(tmp_path / "run")
     assert [p[-1]["content"] for p in parity_prompts(run)] == FALLBACK_PROMPTS
-    write_jsonl(run.split("val"), [_chat(f"val {i}") for i in range(5)])
+    write_jsonl(run.split("val"), [chat_row(f"val {i}") for i in range(5)])
     assert [p[-1]["content"] for p in parity_prompts(run)] == ["val 0", "val 1", "val 2"]
-    write_jsonl(run.split("test"), [_chat("test 0")])
+    write_jsonl(run.split("test"), [chat_row("test 0")])
     assert parity_prompts(run, system_prompt="Be brief.") == [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "test 0"}]
     ]
@@ -229,9 +196,9 @@ def test_bfloat16_export_is_gated_against_the_rounding_noise_floor(tmp_path, tin
 
     overrides = ["export.dtype=bfloat16", "export.adapter=false", "eval.max_new_tokens=6"]
     recipe, run = make_run(tmp_path, tiny_model_dir, overrides=overrides, test_split=False)
-    report = run_export(recipe, run)
+    result = export(recipe, run)
     assert json.loads((run.merged_dir / "config.json").read_text())["dtype"] == "bfloat16"
-    parity = report["parity"]
+    parity = result.parity
     assert parity["passed"] is True and parity["dtype"] == "bfloat16" and parity["template_identical"] is True
     assert parity["prompts"] == [p[-1]["content"] for p in parity_prompts(run)]  # fixed prompts: no splits
     assert 0 < parity["error_ratio"] <= 2.5 and parity["unmerged_error_rms"] > 0
@@ -282,8 +249,8 @@ def test_dora_adapter_merges_exactly(tmp_path, tiny_model_dir):
     """DoRA's magnitude vectors are folded in too: the merged model computes base + DoRA adapter."""
     recipe, run = make_run(tmp_path, tiny_model_dir, use_dora=True, overrides=["export.adapter=false", "eval.max_new_tokens=8"])
     assert json.loads((run.adapter_dir / "adapter_config.json").read_text())["use_dora"] is True
-    report = run_export(recipe, run)
-    parity = report["parity"]
+    result = export(recipe, run)
+    parity = result.parity
     assert parity["passed"] is True and parity["identical"] == 3 and parity["max_abs_logit_diff"] < 1e-3
     merged = load_file(run.merged_dir / "model.safetensors")
     assert not any("lora" in k or "magnitude" in k for k in merged)
@@ -296,12 +263,12 @@ def test_full_fine_tune_run_exports_its_model(tmp_path, tiny_model_dir):
     recipe, run = make_run(tmp_path, tiny_model_dir, overrides=["export.dtype=bfloat16"])
     shutil.rmtree(run.adapter_dir)
     shutil.copytree(tiny_model_dir, run.root / "model")
-    report = run_export(recipe, run)
-    assert report["source"] == "full" and report["adapter"] is None and report["parity"] is None
+    result = export(recipe, run)
+    assert result.source == "full" and result.adapter is None and result.parity is None
     original, merged = load_file(tiny_model_dir / "model.safetensors"), load_file(run.merged_dir / "model.safetensors")
     assert set(merged) == set(original)
     for key, tensor in original.items():
         assert merged[key].dtype == torch.bfloat16 and torch.equal(merged[key], tensor.to(torch.bfloat16)), key
     generation = json.loads((run.merged_dir / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 2  # <|im_end|>: the turn end of the SmolLM2 template
-    run_export(recipe, run)  # exporting again replaces the merged directory cleanly
+    export(recipe, run)  # exporting again replaces the merged directory cleanly

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.unit.test_export import PROMPTS, make_run
+from tests.unit.export_helpers import PROMPTS, make_run
 from tunekit.errors import TunekitError
 from tunekit.export import export
 from tunekit.export.gguf import convert_to_gguf, converter_gguf_mismatches, read_gguf_metadata

@@ -11,29 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunekit.export.llamacpp import chat_greedy, end_of_generation, open_gguf, prompt_token_ids, render_prompt
-from tunekit.export.parity import _decode, _free_memory, _prompt_label
-
-
-def _first_divergence(a: list[int], b: list[int]) -> int | None:
-    for index, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return index
-    return None if len(a) == len(b) else min(len(a), len(b))
+from tunekit.export.parity import first_difference, free_memory, greedy_decode, prompt_label
 
 
 def _hf_side(merged_dir: Path, conversations: list, max_new_tokens: int):
     import torch
 
-    from tunekit.models.loading import end_of_turn_ids
     from tunekit.models import load_model, load_tokenizer
+    from tunekit.models.loading import end_of_turn_ids
 
     tokenizer = load_tokenizer(str(merged_dir))
     model = load_model(str(merged_dir), dtype="float32").eval()
     with torch.inference_mode():
-        decoded = [_decode(model, tokenizer, c, max_new_tokens, None) for c in conversations]
+        decoded = [greedy_decode(model, tokenizer, c, max_new_tokens, None) for c in conversations]
     end_ids = end_of_turn_ids(tokenizer, model.generation_config)
     del model
-    _free_memory()
+    free_memory()
     return tokenizer, decoded, end_ids
 
 
@@ -71,11 +64,11 @@ def check_gguf_parity(merged_dir: Path, gguf_file: Path, prompts: list, max_new_
             hf_stopped = bool(ref.generated) and ref.generated[-1] in end_ids
             hf_ids = tokenizer(ref.text, add_special_tokens=False)["input_ids"]
             gguf_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            first = _first_divergence(hf_ids, gguf_ids)
+            first = first_difference(hf_ids, gguf_ids)
             same_stop = hf_stopped == (finish == "stop")
             details.append(
                 {
-                    "prompt": _prompt_label(conversation),
+                    "prompt": prompt_label(conversation),
                     "identical": prompt_same and first is None and same_stop,
                     "prompt_identical": prompt_same,
                     "first_divergence": first,

@@ -54,7 +54,7 @@ def parity_prompts(run: RunPaths, system_prompt: str | None = None, count: int =
 
 
 @dataclass
-class _Decoded:
+class Decoded:
     prompt_ids: list[int]
     generated: list[int]
     text: str
@@ -66,7 +66,9 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _decode(model, tokenizer, conversation: list[dict], max_new_tokens: int, eos_token_id) -> _Decoded:
+def greedy_decode(model, tokenizer, conversation: list[dict], max_new_tokens: int, eos_token_id) -> Decoded:
+    """The greedy answer to `conversation` through the tokenizer's chat template (eos None: the
+    model's generation config decides where to stop)."""
     text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
     kwargs = {"do_sample": False, "num_beams": 1, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
@@ -75,7 +77,7 @@ def _decode(model, tokenizer, conversation: list[dict], max_new_tokens: int, eos
     output = model.generate(**encoded, **kwargs)
     prompt_ids = encoded["input_ids"][0].tolist()
     generated = output[0, len(prompt_ids) :].tolist()
-    return _Decoded(prompt_ids, generated, tokenizer.decode(generated, skip_special_tokens=True))
+    return Decoded(prompt_ids, generated, tokenizer.decode(generated, skip_special_tokens=True))
 
 
 def _logits(model, ids: list[int]):
@@ -84,7 +86,8 @@ def _logits(model, ids: list[int]):
     return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
+    """Release a model that was just deleted before the next one loads (GPU memory too)."""
     import torch
 
     gc.collect()
@@ -92,14 +95,17 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _first_difference(a: list[int], b: list[int]) -> int | None:
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first index where two token lists differ (the shorter one's length when one is a prefix
+    of the other), None when they are equal."""
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return index
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _prompt_label(conversation: list[dict]) -> str:
+def prompt_label(conversation: list[dict]) -> str:
+    """How a parity report names a conversation: its last user message."""
     users = [m["content"] for m in conversation if m["role"] == "user"]
     return users[-1] if users else conversation[-1]["content"]
 
@@ -108,12 +114,12 @@ def _prompt_label(conversation: list[dict]) -> str:
 class _Pass:
     """One model's greedy decodes, and its logits teacher-forced on the float32 reference sequences."""
 
-    decoded: list[_Decoded]
+    decoded: list[Decoded]
     logits: list
 
 
 def _run_pass(model, tokenizer, conversations, max_new_tokens: int, eos, sequences=None) -> _Pass:
-    decoded = [_decode(model, tokenizer, c, max_new_tokens, eos) for c in conversations]
+    decoded = [greedy_decode(model, tokenizer, c, max_new_tokens, eos) for c in conversations]
     sequences = sequences or [d.prompt_ids + d.generated for d in decoded]
     return _Pass(decoded, [_logits(model, s) for s in sequences])
 
@@ -131,7 +137,7 @@ def _reference_pass(base_path, adapter_dir, tokenizer, conversations, max_new_to
     eos = end_of_turn_ids(tokenizer, base.generation_config)
     result = _run_pass(model, tokenizer, conversations, max_new_tokens, eos, sequences)
     del model, base  # one model in memory at a time
-    _free_memory()
+    free_memory()
     return result
 
 
@@ -172,7 +178,7 @@ def check_parity(
         model = load_model(str(merged_dir), dtype=dtype, **load).to(_device()).eval()
         merged = _run_pass(model, merged_tokenizer, conversations, max_new_tokens, None, sequences)
         del model
-        _free_memory()
+        free_memory()
     report = _compare(conversations, exact, same_dtype, merged, dtype, max_new_tokens)
     report["device"] = _device()
     return report
@@ -192,10 +198,10 @@ def _compare(conversations, exact: _Pass, same_dtype: _Pass, merged: _Pass, dtyp
         agree += int((ref_logits.argmax(-1) == mer_logits.argmax(-1)).sum())
         positions += ref_logits.shape[0]
         template_same = ref.prompt_ids == mer.prompt_ids
-        first = _first_difference(ref.generated, mer.generated)
+        first = first_difference(ref.generated, mer.generated)
         details.append(
             {
-                "prompt": _prompt_label(conv),
+                "prompt": prompt_label(conv),
                 "identical": template_same and first is None,
                 "template_identical": template_same,
                 "first_difference": first,
