@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.row_helpers import chat_examples
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -92,12 +94,4 @@ def write_jsonl(path: Path, rows: list) -> Path:
 @pytest.fixture
 def chat_rows():
     """Ten valid, distinct single-turn chat examples with JSON answers."""
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": f"Ticket {i}: my order {i} has not arrived."},
-                {"role": "assistant", "content": json.dumps({"category": "shipping", "priority": "high" if i % 2 else "low"})},
-            ]
-        }
-        for i in range(10)
-    ]
+    return chat_examples(10)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
+from tests.row_helpers import chat_examples
 from tunekit.config import parse_recipe
 from tunekit.errors import DataError, ModelError, RecipeError, RunDirError
 from tunekit.runs import RunPaths, read_jsonl, write_jsonl
-from tunekit.train import run_training
+from tunekit.train import TrainResult, train
 from tunekit.train.sft import build_trainer
 
 
@@ -92,7 +94,7 @@ def test_qlora_on_cpu_says_what_to_use_instead(tmp_path, tiny_model_dir, chat_ro
     recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows, adapter="qlora")
     run.split("train").unlink()  # refused before the data or the weights are read
     with pytest.raises(ModelError) as err:
-        run_training(recipe, run, show_progress=False)
+        train(recipe, run, show_progress=False)
     assert "qlora needs a CUDA GPU with bitsandbytes" in err.value.message
     assert err.value.hint == "on this machine use train.adapter: lora (or dora)"
 
@@ -100,7 +102,7 @@ def test_qlora_on_cpu_says_what_to_use_instead(tmp_path, tiny_model_dir, chat_ro
 def test_dpo_refuses_chat_rows_naming_data_train(tmp_path, tiny_model_dir, chat_rows):
     recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows, method="dpo")
     with pytest.raises(DataError) as err:
-        run_training(recipe, run, show_progress=False)
+        train(recipe, run, show_progress=False)
     assert err.value.message == "data.train holds chat rows; train.method dpo needs preference rows (prompt, chosen, rejected)"
     assert "train.method sft" in err.value.hint
 
@@ -150,7 +152,7 @@ def test_dpo_with_lora_raises_the_reward_margin(tmp_path, tiny_model_dir):
     recipe, run = make_run(
         tmp_path, tiny_model_dir, preference_rows(4), preference_rows(6)[4:], method="dpo", max_steps=5, learning_rate=1e-2
     )
-    result = run_training(recipe, run, show_progress=False)
+    result = train(recipe, run, show_progress=False)
     margins = logged(run, "rewards/margins")
     assert len(margins) == 5
     assert margins[0] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter starts as the reference (the base)
@@ -162,11 +164,10 @@ def test_dpo_with_lora_raises_the_reward_margin(tmp_path, tiny_model_dir):
     assert manifest["result"]["rewards/margins"] == margins[-1]
 
 
-def test_dpo_from_an_sft_run_uses_the_sft_model_as_reference(tmp_path, tiny_model_dir, chat_rows):
+def test_dpo_from_an_sft_run_uses_the_sft_model_as_reference(tmp_path, tiny_model_dir, mixed_sft):
     from safetensors.torch import load_file
 
-    sft_recipe, sft_run = make_run(tmp_path, tiny_model_dir, chat_rows[:4], name="sft", max_steps=2, learning_rate=1e-2)
-    run_training(sft_recipe, sft_run, show_progress=False)
+    sft_run = mixed_sft.run
     sft_weights = load_file(sft_run.adapter_dir / "adapter_model.safetensors")
     assert any(float(w.abs().max()) > 0 for k, w in sft_weights.items() if "lora_B" in k)  # SFT != base
 
@@ -174,7 +175,7 @@ def test_dpo_from_an_sft_run_uses_the_sft_model_as_reference(tmp_path, tiny_mode
         tmp_path, tiny_model_dir, preference_rows(4), name="dpo", method="dpo", max_steps=4,
         learning_rate=1e-2, dpo={"init_from": str(sft_run.root), "beta": 0.5},
     )  # fmt: skip
-    run_training(recipe, run, show_progress=False)
+    train(recipe, run, show_progress=False)
     # Step 1 is measured before any update: zero rewards mean the reference *is* the SFT model.
     assert logged(run, "rewards/chosen")[0] == pytest.approx(0.0, abs=1e-5)
     margins = logged(run, "rewards/margins")
@@ -191,7 +192,7 @@ def test_dpo_init_from_must_hold_an_adapter_or_a_model(tmp_path, tiny_model_dir)
     (tmp_path / "empty").mkdir()
     recipe, run = make_run(tmp_path, tiny_model_dir, preference_rows(4), method="dpo", dpo={"init_from": "empty"})
     with pytest.raises(RunDirError) as err:
-        run_training(recipe, run, show_progress=False)
+        train(recipe, run, show_progress=False)
     assert err.value.message.startswith("train.dpo.init_from: ") and "holds no adapter" in err.value.message
 
 
@@ -204,7 +205,7 @@ def test_cpt_packs_raw_text_and_trains_on_every_token(tmp_path, tiny_model_dir, 
     recipe, run = make_run(
         tmp_path, tiny_model_dir, [{"text": t} for t in texts], method="cpt", max_steps=6, batch_size=2, learning_rate=1e-2
     )
-    result = run_training(recipe, run, show_progress=False)
+    result = train(recipe, run, show_progress=False)
 
     expected_tokens = sum(len(smol_tokenizer(t + smol_tokenizer.eos_token)["input_ids"]) for t in texts)
     manifest = json.loads(run.manifest.read_text())
@@ -239,7 +240,7 @@ def test_dora_and_rslora_train_every_adapter_weight_and_load_in_peft(tmp_path, t
 
     recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows[:8], adapter=adapter, max_steps=3, learning_rate=1e-2, lora={"r": 4, "alpha": 8})
     snapshot = Snapshot()
-    run_training(recipe, run, show_progress=False, callbacks=[snapshot])
+    train(recipe, run, show_progress=False, callbacks=[snapshot])
     saved = load_file(run.adapter_dir / "adapter_model.safetensors")
     magnitudes = [n for n in snapshot.before if "lora_magnitude_vector" in n]
     assert (len(magnitudes) == 2 * 7) if adapter == "dora" else not magnitudes
@@ -264,7 +265,7 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path, 
 
     recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows[:8], adapter="full", max_steps=2, learning_rate=1e-3, lora={"r": 4})
     snapshot = Snapshot()
-    result = run_training(recipe, run, show_progress=False, callbacks=[snapshot])
+    result = train(recipe, run, show_progress=False, callbacks=[snapshot])
     assert result.trainable_params == result.total_params and result.adapter_dir is None
     assert result.output_dir == run.model_dir and not run.adapter_dir.exists()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -281,16 +282,34 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path, 
 # ------------------------------------------------------------------------------------ mixing
 
 
-def test_general_data_is_mixed_in_at_the_ratio_and_accounted_for(tmp_path, tiny_model_dir, chat_rows):
+@dataclass
+class TrainedRun:
+    recipe: object
+    run: RunPaths
+    result: TrainResult
+    general: list[dict]
+
+
+@pytest.fixture(scope="module")
+def mixed_sft(tmp_path_factory, tiny_model_dir) -> TrainedRun:
+    """One SFT run with general data mixed in, trained once: the mixing test checks its accounting and
+    the DPO test starts from its adapter (lr 1e-2, so the adapter is clearly not the base)."""
+    root = tmp_path_factory.mktemp("mixed-sft")
     general = [
         {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": str(2 * i)}]}
         for i in range(6)
     ]
     lines = [json.dumps(row) for row in general] + ['{"question": "no known format"}', "{broken json"]
-    (tmp_path / "general.jsonl").write_text("\n".join(lines) + "\n")
-    recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows[:8], max_steps=1, mix={"file": "general.jsonl", "ratio": 0.2, "seed": 3})
-    result = run_training(recipe, run, show_progress=False)
+    (root / "general.jsonl").write_text("\n".join(lines) + "\n")
+    recipe, run = make_run(
+        root, tiny_model_dir, chat_examples(8), name="sft", max_steps=2, learning_rate=1e-2,
+        mix={"file": "general.jsonl", "ratio": 0.2, "seed": 3},
+    )  # fmt: skip
+    return TrainedRun(recipe, run, train(recipe, run, show_progress=False), general)
 
+
+def test_general_data_is_mixed_in_at_the_ratio_and_accounted_for(mixed_sft):
+    run, general = mixed_sft.run, mixed_sft.general
     trained = read_jsonl(run.mixed_train)
     mixed = [row for row in trained if row["meta"].get("mixed")]
     assert (len(trained), len(mixed)) == (10, 2)  # 2 of 10 rows = ratio 0.2
@@ -300,13 +319,14 @@ def test_general_data_is_mixed_in_at_the_ratio_and_accounted_for(tmp_path, tiny_
     mix = json.loads(run.manifest.read_text())["training"]["mix"]
     assert (mix["records_in_file"], mix["usable_rows"], mix["quarantined_rows"]) == (8, 6, 2)
     assert (mix["task_rows"], mix["mixed_rows"], mix["train_rows"], mix["mixed_share"]) == (8, 2, 10, 0.2)
-    assert result.steps == 1
+    assert isinstance(mixed_sft.result, TrainResult) and mixed_sft.result.steps == 2
+    assert mixed_sft.result.output_dir == run.adapter_dir and mixed_sft.result.method == "sft"
 
 
 def test_mixing_refuses_a_file_without_enough_rows_of_the_right_kind(tmp_path, tiny_model_dir, chat_rows):
     (tmp_path / "general.jsonl").write_text("".join(json.dumps({"text": f"plain text {i}"}) + "\n" for i in range(3)))
     recipe, run = make_run(tmp_path, tiny_model_dir, chat_rows[:8], mix={"file": "general.jsonl", "ratio": 0.5})
     with pytest.raises(DataError) as err:
-        run_training(recipe, run, show_progress=False)
+        train(recipe, run, show_progress=False)
     assert "has 0 usable rows" in err.value.message and "needs 8" in err.value.message
     assert [(q["line"], q["reason"]) for q in read_jsonl(run.mix_quarantine)] == [(1, "wrong_kind"), (2, "wrong_kind"), (3, "wrong_kind")]
