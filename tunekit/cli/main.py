@@ -47,12 +47,24 @@ def _quiet_libraries() -> None:
 def _register() -> None:
     # (module, how it attaches): a typer sub-app becomes a group, otherwise its commands are top level.
     from tunekit.cli import data, eval as eval_cmd, export, run, serve, train
-    from tunekit.cli import estimate
+    from tunekit.cli import cost, estimate
 
-    COMMANDS = [run, train, eval_cmd, export, serve, estimate]
+    COMMANDS = [run, train, eval_cmd, export, serve, estimate, cost]
     for module in COMMANDS:
         module.register(app)
     app.add_typer(data.app, name="data", help="Prepare and audit training data.")
+
+
+def _end_process_group() -> None:
+    """Destroy the process group that `accelerate launch` ranks joined, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's worker threads outlive Python and a rank can abort
+    ("terminate called without an active exception", SIGABRT), failing the launch after a good
+    run. No barrier first: a rank that failed must not hang the others.
+    """
+    dist = sys.modules.get("torch.distributed")  # `tunekit --help` does not import torch for this
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main() -> None:
@@ -68,3 +80,5 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    finally:
+        _end_process_group()

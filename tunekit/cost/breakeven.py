@@ -85,7 +85,7 @@ class _Figures:
         self.items: list[Figure] = []
 
     def given(self, key: str, label: str, value, unit: str) -> None:
-        self.items.append(Figure(key, label, value, unit, self.inputs.source(key, "inputs")))
+        self.items.append(Figure(key, label, value, unit, self.inputs.source(key, "default")))
 
     def add(self, key: str, label: str, value, unit: str, source: str) -> None:
         self.items.append(Figure(key, label, value, unit, source))
@@ -110,7 +110,7 @@ def _token_prices(inputs: CostInputs, prices: PriceTable, figures: _Figures | No
     if figures is not None:
         where = f"price table {prices.origin} (as of {prices.as_of}): api.{side.model}"
         for key, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
-            source = inputs.source(f"prompted.{key}", "inputs") if given is not None else f"{where}.{key}"
+            source = inputs.source(f"prompted.{key}", "given") if given is not None else f"{where}.{key}"
             figures.add(f"prompted.{key}", f"prompted {side.model or 'model'}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
     return p_in, p_out
 
@@ -202,7 +202,7 @@ def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: _Figures | N
     if figures is not None:
         where = f"price table {prices.origin} (as of {prices.as_of}): api.{side.model}"
         for key, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
-            source = inputs.source(f"finetuned.{key}", "inputs") if given is not None else f"{where}.{key}"
+            source = inputs.source(f"finetuned.{key}", "given") if given is not None else f"{where}.{key}"
             figures.add(f"finetuned.{key}", f"fine-tuned {side.model or 'model'}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
         figures.add(
             "finetuned.cost_per_request", "fine-tuned cost per request (API)", cost, "$",
@@ -226,7 +226,7 @@ def training_cost(inputs: CostInputs, prices: PriceTable, figures: _Figures) -> 
             rate = prices.api_model(inputs.finetuned.model).training_per_m
             where = f"price table {prices.origin}: api.{inputs.finetuned.model}.training_per_m"
         else:
-            where = inputs.source("training.per_m_tokens", "inputs")
+            where = inputs.source("training.per_m_tokens", "given")
         if rate is None:
             raise TunekitError("training.per_m_tokens: the API fine-tuning price is unknown", hint="give --training-per-m-tokens")
         figures.given("training.tokens", "tokens trained (all epochs)", train.tokens, "tokens")

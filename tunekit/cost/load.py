@@ -55,7 +55,8 @@ def _problem(err: dict, sources: dict[str, str]) -> str:
     return f"{key}: {err['msg'].removeprefix('Value error, ')}{given}"
 
 
-def build_inputs(layers: list[Layer]) -> CostInputs:
+def merge_layers(layers: list[Layer]) -> tuple[dict, dict[str, str]]:
+    """Nested data of the layers (later ones win key by key) and each key's source."""
     data: dict = {}
     sources: dict[str, str] = {}
     for layer in layers:
@@ -69,14 +70,24 @@ def build_inputs(layers: list[Layer]) -> CostInputs:
                 node = child
             node[parts[-1]] = value
             sources[dotted] = source
+    return data, sources
+
+
+def validate(model, data: dict, sources: dict[str, str], what: str):
+    """`model.model_validate(data)`, every problem reported at once with its key and origin."""
     try:
-        return CostInputs.model_validate({**data, "sources": sources})
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = [_problem(e, sources) for e in exc.errors()]
         raise TunekitError(
-            f"{len(problems)} problem(s) in the cost inputs: " + "; ".join(problems),
-            hint="see `tunekit cost --help` and docs/cost.md for every key",
+            f"{len(problems)} problem(s) in the {what}: " + "; ".join(problems),
+            hint="see --help and docs/cost.md for every key and its allowed values",
         ) from None
+
+
+def build_inputs(layers: list[Layer]) -> CostInputs:
+    data, sources = merge_layers(layers)
+    return validate(CostInputs, {**data, "sources": sources}, sources, "cost inputs")
 
 
 def load_inputs(
