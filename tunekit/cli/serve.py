@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
+
+from tunekit.cli.common import SetOpt
 
 from tunekit.config import ServeConfig, load_recipe
 from tunekit.console import console
@@ -19,14 +22,31 @@ PLACEHOLDER_API_KEY = "tunekit"  # the server checks no key, but OpenAI clients 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 
-def serve_settings(path: Path, host: str | None, port: int | None, max_new_tokens: int | None) -> ServeConfig:
-    """Command-line values win; then the run's recipe `serve` section (for a run dir or recipe); then defaults."""
-    defaults = ServeConfig()
+def serve_settings(
+    path: Path, host: str | None, port: int | None, max_new_tokens: int | None, overrides: list[str] | None = None
+) -> ServeConfig:
+    """Command-line values win; then the run's recipe `serve` section (for a run dir or recipe); then defaults.
+
+    Every value goes through ServeConfig's validation, so a port out of range is one clear error."""
+    base: dict = {}
     recipe_file = path / "recipe.yaml" if path.is_dir() else path
     if recipe_file.is_file() and recipe_file.suffix in (".yaml", ".yml"):
-        defaults = load_recipe(recipe_file, check_files=False).serve
-    chosen = {"host": host, "port": port, "max_new_tokens": max_new_tokens}
-    return defaults.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+        base = load_recipe(recipe_file, overrides or [], check_files=False).serve.model_dump()
+    elif overrides:
+        raise TunekitError(
+            f"--set needs a recipe, and {path} is not a run directory or recipe file",
+            hint="pass --host, --port or --max-new-tokens instead",
+        )
+    flags = {"host": host, "port": port, "max_new_tokens": max_new_tokens}
+    try:
+        return ServeConfig.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{name}"
+            problems.append(f"{given}: {error['msg']}")
+        raise TunekitError("; ".join(problems), hint="see `tunekit serve --help` for the accepted values") from None
 
 
 def _url_host(host: str) -> str:
@@ -81,13 +101,14 @@ def serve_command(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the hub to run. Only for sources you trust.")
     ] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)."""
     import uvicorn
 
     from tunekit.serve import Engine, create_app
 
-    settings = serve_settings(path, host, port, max_new_tokens)
+    settings = serve_settings(path, host, port, max_new_tokens, set_)
     _check_port_free(settings.host, settings.port)  # fail before spending time on loading weights
     with console.status(f"loading {path} ..."):
         engine = Engine.from_path(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
