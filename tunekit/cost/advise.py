@@ -137,7 +137,7 @@ def rule_privacy(s: Situation) -> Finding | None:
 def training_estimate(s: Situation, prices: PriceTable) -> tuple[float, float]:
     """(training tokens, $) of a hosted fine-tune of the labelled examples."""
     tokens = max(s.labelled_examples, ENOUGH_EXAMPLES) * (s.request_tokens + s.output_tokens) * s.epochs
-    rate = prices.api_model(s.finetuned_model).training_per_m or 0.0
+    rate = prices.api_model(s.finetuned_model, "finetuned_model").training_per_m or 0.0
     return tokens, tokens * rate / 1e6
 
 

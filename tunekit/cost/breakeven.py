@@ -99,7 +99,7 @@ def _token_prices(inputs: CostInputs, prices: PriceTable, figures: _Figures | No
     side = inputs.prompted
     if side.cost_per_request is not None:
         return None
-    table = prices.api_model(side.model) if side.model and (side.input_per_m is None or side.output_per_m is None) else None
+    table = prices.api_model(side.model, "prompted.model") if side.model and (side.input_per_m is None or side.output_per_m is None) else None
     if table is None and (side.input_per_m is None or side.output_per_m is None):
         raise TunekitError(
             "prompted: no price: give prompted.model (a price-table key) or prompted.input_per_m and prompted.output_per_m",
@@ -195,7 +195,7 @@ def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: _Figures | N
                 "finetuned.model: required for api hosting (a fine-tuned model in the price table), or give its prices",
                 hint="e.g. --finetuned-model ft:gpt-4o-mini; or --finetuned-input-per-m and --finetuned-output-per-m",
             )
-        table = prices.api_model(side.model)
+        table = prices.api_model(side.model, "finetuned.model")
     p_in = side.input_per_m if side.input_per_m is not None else table.input_per_m
     p_out = side.output_per_m if side.output_per_m is not None else table.output_per_m
     cost = (side.overhead_tokens + traffic.input_tokens) * p_in / _M + traffic.output_tokens * p_out / _M
@@ -223,7 +223,7 @@ def training_cost(inputs: CostInputs, prices: PriceTable, figures: _Figures) -> 
     elif inputs.finetuned.hosting == "api" and train.tokens is not None:
         rate = train.per_m_tokens
         if rate is None and inputs.finetuned.model is not None:
-            rate = prices.api_model(inputs.finetuned.model).training_per_m
+            rate = prices.api_model(inputs.finetuned.model, "finetuned.model").training_per_m
             where = f"price table {prices.origin}: api.{inputs.finetuned.model}.training_per_m"
         else:
             where = inputs.source("training.per_m_tokens", "given")

@@ -48,9 +48,9 @@ def file_layer(path: Path) -> Layer:
 
 def _problem(err: dict, sources: dict[str, str]) -> str:
     key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
     origin = sources.get(key)
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key" + (f" (in {origin.split(': ')[0]})" if origin else "")
     given = f" (got {err.get('input')!r}{', from ' + origin if origin else ''})" if err["type"] != "missing" else ""
     return f"{key}: {err['msg'].removeprefix('Value error, ')}{given}"
 

@@ -65,11 +65,12 @@ class PriceTable(_Strict):
             hint=f"use one of: {', '.join(self.gpus)}; or give its price with --gpu-per-hour",
         )
 
-    def api_model(self, name: str) -> ApiPrice:
+    def api_model(self, name: str, key: str) -> ApiPrice:
+        """The entry of model `name`; `key` (e.g. prompted.model) names the input in the error."""
         if name not in self.api:
             raise TunekitError(
-                f"model '{name}' is not in the price table ({self.origin})",
-                hint=f"use one of: {', '.join(self.api)}; or give its prices with --prompted-input-per-m / --prompted-output-per-m",
+                f"{key}: model '{name}' is not in the price table ({self.origin})",
+                hint=f"use one of: {', '.join(self.api)}; or add it to a price file (--prices FILE)",
             )
         return self.api[name]
 
