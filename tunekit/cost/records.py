@@ -94,7 +94,7 @@ def from_estimate(path: Path, tokens_per_s: float | None = None) -> Layer:
             f"{path}: the estimate has no training time",
             hint="give the training speed on the target GPU: --tokens-per-s N (also with `tunekit estimate`)",
         )
-    layer: Layer = {"training.hours": (seconds / 3600, f"{where}: seconds ({seconds:,.0f} s at tokens/s {speed})")}
+    layer: Layer = {"training.hours": (seconds / 3600, f"{where}: seconds ({seconds:,.0f} s; tokens/s {speed})")}
     if tokens:
         layer["training.tokens"] = (tokens, f"{where}: total_tokens")
     return layer
