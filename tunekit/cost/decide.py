@@ -94,6 +94,8 @@ def _plan(approach: str, findings: list[Finding]) -> tuple[str | None, str | Non
 def advise(situation: Situation, prices: PriceTable, recipe_out: Path | None = None, data_path: Path | None = None) -> Advice:
     """The recommendation for `situation`, with every rule's reasons and numbers. For fine-tune
     answers, starter recipes are written at `recipe_out` (and next to it for CPT / DPO steps)."""
+    for key in ("prompted_model", "finetuned_model"):  # an unknown model fails before any rule runs
+        prices.api_model(getattr(situation, key), key)
     findings = _findings(situation, prices)
     over = _budget_finding(situation, prices)
     if over is not None:
