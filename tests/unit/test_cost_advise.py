@@ -137,7 +137,17 @@ def test_the_cli_writes_a_starter_recipe_and_prints_json(tmp_path):
     assert advice["approach"] == "fine_tune" and advice["recipes"] == [str(out)]
     assert loads(out).train.method == "sft"
     again = tunekit(*args)
-    assert again.returncode == 1 and "exists" in again.stdout + again.stderr
+    assert again.returncode == 1 and f"--recipe-out: {out} exists" in again.stderr and "Traceback" not in again.stderr
+    assert tunekit(*args, "--force").returncode == 0
+    # An answer that writes no recipe does not care what is at --recipe-out.
+    rag = tunekit("advise", "--task", "knowledge_qa", "--knowledge-changes", "daily", "--recipe-out", str(out))
+    assert rag.returncode == 0 and "retrieval-augmented generation" in rag.stderr
+
+
+@pytest.mark.parametrize("command", ["cost", "advise"])
+def test_help(command):
+    result = tunekit(command, "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
 
 
 @pytest.mark.parametrize(

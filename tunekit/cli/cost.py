@@ -202,8 +202,7 @@ def advise(
 ) -> None:
     """Prompt, few-shot, RAG or fine-tune (and which kind), by explicit rules; each answer with its
     reasons and numbers, and a starter recipe for the fine-tune answers."""
-    from tunekit.cost import load_prices
-    from tunekit.cost.decide import advise as run_advise, load_situation
+    from tunekit.cost import advise as run_advise, load_prices, load_situation
     from tunekit.errors import TunekitError
 
     values = locals()
@@ -211,9 +210,7 @@ def advise(
     chosen = load_situation(situation, flags)
     if data is not None and not data.is_file():
         raise TunekitError(f"--data: file not found: {data}", hint="pass your labelled JSONL file, or leave --data out")
-    if recipe_out.exists() and not force:
-        raise TunekitError(f"--recipe-out: {recipe_out} exists", hint="pass another path, or --force to overwrite it")
-    advice = run_advise(chosen, load_prices(prices), recipe_out=recipe_out, data_path=data)
+    advice = run_advise(chosen, load_prices(prices), recipe_out=recipe_out, data_path=data, overwrite=force)
     if as_json:
         typer.echo(json.dumps(advice.to_dict(), indent=2))
     else:

@@ -1,10 +1,7 @@
-"""`cost_report`: cost per request prompted vs fine-tuned, setup cost, break-even, totals, sensitivity.
-
-    break-even requests N = ceil((training + data) / (prompted per request - fine-tuned per request))
-
-and N does not exist ("never") when the fine-tuned request is not cheaper. Every figure the report
-shows carries its source: the flag, file and key it was read from, the price-table entry, or the
-formula that computed it. The formulas are written out in docs/cost.md.
+"""The priced pieces of a cost report: cost per request prompted and fine-tuned, training cost and
+data cost. Every figure carries its source: the flag, file and key it was read from, the
+price-table entry, or the formula that computed it. The formulas are written out in docs/cost.md;
+tunekit.cost.report puts the pieces together (break-even, totals, sensitivity).
 """
 
 from __future__ import annotations
@@ -77,7 +74,7 @@ class CostReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class _Figures:
+class Figures:
     """Collects the figures of one report in the order they are worked out."""
 
     def __init__(self, inputs: CostInputs):
@@ -94,7 +91,7 @@ class _Figures:
 # ---------------------------------------------------------------- per request
 
 
-def _token_prices(inputs: CostInputs, prices: PriceTable, figures: _Figures | None) -> tuple[float, float] | None:
+def _token_prices(inputs: CostInputs, prices: PriceTable, figures: Figures | None) -> tuple[float, float] | None:
     """($/M in, $/M out) of the prompted model, or None when its cost per request is given."""
     side = inputs.prompted
     if side.cost_per_request is not None:
@@ -109,13 +106,15 @@ def _token_prices(inputs: CostInputs, prices: PriceTable, figures: _Figures | No
     p_out = side.output_per_m if side.output_per_m is not None else table.output_per_m
     if figures is not None:
         where = f"price table {prices.origin} (as of {prices.as_of}): api.{side.model}"
+        # With both prices given, the default model name says nothing about them.
+        name = side.model if table is not None or "prompted.model" in inputs.sources else "model"
         for key, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
             source = inputs.source(f"prompted.{key}", "given") if given is not None else f"{where}.{key}"
-            figures.add(f"prompted.{key}", f"prompted {side.model or 'model'}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
+            figures.add(f"prompted.{key}", f"prompted {name}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
     return p_in, p_out
 
 
-def prompted_per_request(inputs: CostInputs, prices: PriceTable, overhead_tokens: float, figures: _Figures | None = None) -> float:
+def prompted_per_request(inputs: CostInputs, prices: PriceTable, overhead_tokens: float, figures: Figures | None = None) -> float:
     side, traffic = inputs.prompted, inputs.traffic
     token_prices = _token_prices(inputs, prices, figures)
     if token_prices is None:
@@ -132,7 +131,7 @@ def prompted_per_request(inputs: CostInputs, prices: PriceTable, overhead_tokens
     return cost
 
 
-def _gpu_hourly(prices: PriceTable, section, key_prefix: str, inputs: CostInputs, figures: _Figures | None) -> float:
+def _gpu_hourly(prices: PriceTable, section, key_prefix: str, inputs: CostInputs, figures: Figures | None) -> float:
     if section.gpu_per_hour is not None:
         if figures is not None:
             figures.given(f"{key_prefix}.gpu_per_hour", f"{key_prefix} GPU $ per hour", section.gpu_per_hour, "$/GPU-hour")
@@ -159,7 +158,7 @@ def _gpu_hourly(prices: PriceTable, section, key_prefix: str, inputs: CostInputs
     return hourly
 
 
-def finetuned_per_request(inputs: CostInputs, prices: PriceTable, requests_per_day: float | None, figures: _Figures | None = None) -> float:
+def finetuned_per_request(inputs: CostInputs, prices: PriceTable, requests_per_day: float | None, figures: Figures | None = None) -> float:
     side, traffic = inputs.finetuned, inputs.traffic
     if side.cost_per_request is not None:
         if figures is not None:
@@ -187,7 +186,7 @@ def finetuned_per_request(inputs: CostInputs, prices: PriceTable, requests_per_d
     return cost
 
 
-def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: _Figures | None) -> float:
+def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: Figures | None) -> float:
     side, traffic = inputs.finetuned, inputs.traffic
     if side.input_per_m is None or side.output_per_m is None:
         if side.model is None:
@@ -214,7 +213,7 @@ def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: _Figures | N
 # ---------------------------------------------------------------- setup
 
 
-def training_cost(inputs: CostInputs, prices: PriceTable, figures: _Figures) -> float:
+def training_cost(inputs: CostInputs, prices: PriceTable, figures: Figures) -> float:
     train = inputs.training
     runs = f" x training.runs ({train.runs})" if train.runs != 1 else ""
     if train.cost is not None:
@@ -249,7 +248,7 @@ def training_cost(inputs: CostInputs, prices: PriceTable, figures: _Figures) -> 
     return total
 
 
-def data_cost(inputs: CostInputs, figures: _Figures, notes: list[str]) -> float:
+def data_cost(inputs: CostInputs, figures: Figures, notes: list[str]) -> float:
     data = inputs.data
     if data.cost is not None:
         figures.given("data.cost", "data cost", data.cost, "$")

@@ -20,8 +20,10 @@ from tunekit.cost.advise import (
     rule_vocabulary,
     training_estimate,
 )
+from tunekit.cost.load import file_layer, merge_layers, validate
 from tunekit.cost.prices import PriceTable
 from tunekit.cost.starter import write_starter_recipes
+from tunekit.errors import TunekitError
 
 
 def _findings(s: Situation, prices: PriceTable) -> list[Finding]:
@@ -91,9 +93,12 @@ def _plan(approach: str, findings: list[Finding]) -> tuple[str | None, str | Non
     return method, adapter, steps
 
 
-def advise(situation: Situation, prices: PriceTable, recipe_out: Path | None = None, data_path: Path | None = None) -> Advice:
+def advise(
+    situation: Situation, prices: PriceTable, recipe_out: Path | None = None, data_path: Path | None = None, overwrite: bool = False
+) -> Advice:
     """The recommendation for `situation`, with every rule's reasons and numbers. For fine-tune
-    answers, starter recipes are written at `recipe_out` (and next to it for CPT / DPO steps)."""
+    answers, starter recipes are written at `recipe_out` (and next to it for CPT / DPO steps);
+    an existing file there is an error unless `overwrite`."""
     for key in ("prompted_model", "finetuned_model"):  # an unknown model fails before any rule runs
         prices.api_model(getattr(situation, key), key)
     findings = _findings(situation, prices)
@@ -111,18 +116,14 @@ def advise(situation: Situation, prices: PriceTable, recipe_out: Path | None = N
         summary += f" ({' then '.join(method.split('+'))}, {adapter}{', then DPO' if any(f.points_to == 'dpo' for f in findings) else ''})"
     advice = Advice(approach=approach, summary=summary, method=method, adapter=adapter, steps=steps, findings=findings)
     if recipe_out is not None and approach in ("fine_tune", "rag_and_fine_tune", "distill_then_fine_tune"):
-        advice.recipes = [str(p) for p in write_starter_recipes(situation, advice, Path(recipe_out), data_path)]
+        advice.recipes = [str(p) for p in write_starter_recipes(situation, advice, Path(recipe_out), data_path, overwrite)]
     return advice
 
 
 def load_situation(situation_file: Path | None = None, flags=None) -> Situation:
     """A Situation from a YAML file and flags (flags win), each problem named with its key."""
-    from tunekit.cost.load import file_layer, merge_layers, validate
-
     layers = ([file_layer(situation_file)] if situation_file is not None else []) + [flags or {}]
     data, sources = merge_layers(layers)
     if "task" not in data:
-        from tunekit.errors import TunekitError
-
         raise TunekitError("task: required (what the model does)", hint="e.g. --task classification; choices: " + ", ".join(Situation.model_fields["task"].annotation.__args__))
     return validate(Situation, data, sources, "situation")

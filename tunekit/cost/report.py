@@ -1,4 +1,9 @@
-"""`cost_report(inputs, prices) -> CostReport`: the public entry point of the cost stage."""
+"""`cost_report(inputs, prices) -> CostReport`: the public entry point of the cost stage.
+
+    break-even requests N = ceil((training + data) / (prompted per request - fine-tuned per request))
+
+and N does not exist ("never") when the fine-tuned request is not cheaper.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from tunekit.cost.breakeven import (
     DAYS_PER_MONTH,
     CostReport,
     SensitivityCell,
-    _Figures,
+    Figures,
     data_cost,
     finetuned_per_request,
     prompted_per_request,
@@ -86,7 +91,7 @@ def sensitivity(inputs: CostInputs, prices: PriceTable, setup: float) -> tuple[l
 
 def cost_report(inputs: CostInputs, prices: PriceTable) -> CostReport:
     """Prompted vs fine-tuned cost per request, setup cost, break-even, totals and sensitivity."""
-    figures, notes = _Figures(inputs), []
+    figures, notes = Figures(inputs), []
     volume = inputs.traffic.requests_per_day
     for key, label, unit in (
         ("traffic.requests_per_day", "requests per day", "requests/day"),

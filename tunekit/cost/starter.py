@@ -52,28 +52,32 @@ def _sft(situation, advice, name: str, train: str) -> dict:
     }
 
 
-def _write(path: Path, header: str, recipe: dict) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    except OSError as exc:
-        raise TunekitError(f"{path}: cannot write the starter recipe: {exc.strerror}", hint="pass a writable path to --recipe-out") from None
-    return path
+def _write_all(planned: list[tuple[Path, str, dict]], overwrite: bool) -> list[Path]:
+    # Check every target first: a refusal must not leave half of a plan written.
+    existing = [str(path) for path, _, _ in planned if path.exists()]
+    if existing and not overwrite:
+        raise TunekitError(f"--recipe-out: {', '.join(existing)} exists", hint="pass another --recipe-out, or --force to overwrite")
+    for path, header, recipe in planned:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(header + yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        except OSError as exc:
+            raise TunekitError(f"{path}: cannot write the starter recipe: {exc.strerror}", hint="pass a writable path to --recipe-out") from None
+    return [path for path, _, _ in planned]
 
 
-def write_starter_recipes(situation, advice, out: Path, data_path: Path | None) -> list[Path]:
+def write_starter_recipes(situation, advice, out: Path, data_path: Path | None, overwrite: bool = False) -> list[Path]:
     """The SFT recipe at `out`; `<stem>.cpt.yaml` and `<stem>.dpo.yaml` next to it when those steps are advised."""
     out = Path(out)
     name = out.stem
     train = _relative(data_path, out.parent) if data_path is not None else "data/train.jsonl"
-    written = []
     points = {f.points_to for f in advice.findings}
     sft_header = _header(advice, f"Starter recipe: supervised fine-tuning ({advice.adapter}) for {situation.task}")
     if "cpt" in points:
         sft_header += f"# After the CPT run ({name}-cpt) and `tunekit export` (merged), set base_model to runs/{name}-cpt/export/merged.\n"
     if data_path is None:
         sft_header += "# data.train: put your labelled chat examples (JSONL, one conversation per line) there.\n"
-    written.append(_write(out, sft_header, _sft(situation, advice, name, train)))
+    planned = [(out, sft_header, _sft(situation, advice, name, train))]
     if "cpt" in points:
         cpt = {
             "name": f"{name}-cpt",
@@ -84,7 +88,7 @@ def write_starter_recipes(situation, advice, out: Path, data_path: Path | None) 
             "eval": {"metrics": ["perplexity"], "compare_base": True},
         }
         header = _header(advice, "Starter recipe: continued pre-training on in-domain text (before the SFT recipe)")
-        written.append(_write(out.with_name(f"{name}.cpt.yaml"), header + "# data.train: one {\"text\": ...} row per document.\n", cpt))
+        planned.append((out.with_name(f"{name}.cpt.yaml"), header + "# data.train: one {\"text\": ...} row per document.\n", cpt))
     if "dpo" in points:
         dpo = {
             "name": f"{name}-dpo",
@@ -96,5 +100,5 @@ def write_starter_recipes(situation, advice, out: Path, data_path: Path | None) 
             "eval": {"metrics": METRICS_BY_TASK.get(situation.task, DEFAULT_METRICS), "compare_base": True},
         }
         header = _header(advice, "Starter recipe: DPO on preference pairs, starting from the SFT run")
-        written.append(_write(out.with_name(f"{name}.dpo.yaml"), header + "# data.train: prompt/chosen/rejected rows.\n", dpo))
-    return written
+        planned.append((out.with_name(f"{name}.dpo.yaml"), header + "# data.train: prompt/chosen/rejected rows.\n", dpo))
+    return _write_all(planned, overwrite)
