@@ -65,6 +65,7 @@ def test_format_latency_and_privacy_at_volume_fine_tune_a_lora(tmp_path):
     assert cost.numbers["finetuned_per_request"] == pytest.approx(300 * 0.3e-6 + 100 * 1.2e-6)
     assert cost.numbers["training_tokens"] == 2000 * 400 * 3  # examples x tokens x epochs, at $3 per M
     assert cost.numbers["break_even_days"] < 1
+    assert "which compliance on_prem rules out" in cost.text
     memory = finding(advice, "memory_fits_lora").numbers
     assert memory["lora_gib"] == pytest.approx(8e9 * 2 * 1.2 / 2**30, abs=0.05)  # 17.9 GiB, within 24
     assert_reasons_carry_numbers(advice)
@@ -115,6 +116,7 @@ def test_a_small_gpu_trains_with_qlora(tmp_path):
     assert memory["lora_gib"] > 12 >= memory["qlora_gib"]
     assert memory["qlora_gib"] == pytest.approx(8e9 * (4 + 8 / 64 + 32 / 16384) / 8 * 1.2 / 2**30, abs=0.05)
     assert loads(tmp_path / "starter.yaml").train.adapter == "qlora"
+    assert "the memory advice is for a base of 8B parameters: set base_model to it" in (tmp_path / "starter.yaml").read_text()
     too_small = advice_for(task="structured_output", labelled_examples=800, gpu_memory_gib=2, base_params_b=8)
     assert "pick a smaller base" in finding(too_small, "memory_too_small").text
 

@@ -142,6 +142,14 @@ def training_estimate(s: Situation, prices: PriceTable) -> tuple[float, float]:
 
 
 def rule_cost(s: Situation, prices: PriceTable) -> Finding | None:
+    finding = _cost_finding(s, prices)
+    if finding is not None and s.compliance in SELF_HOST_ONLY:
+        finding.text += (f" (both priced as hosted APIs, which compliance {s.compliance} rules out: price self-hosting with "
+                         "`tunekit cost --benchmark FILE --serve-gpu GPU`)")  # fmt: skip
+    return finding
+
+
+def _cost_finding(s: Situation, prices: PriceTable) -> Finding | None:
     if s.daily_requests <= 0:
         return None
     tokens, train_cost = training_estimate(s, prices)

@@ -75,6 +75,11 @@ def write_starter_recipes(situation, advice, out: Path, data_path: Path | None, 
     sft_header = _header(advice, f"Starter recipe: supervised fine-tuning ({advice.adapter}) for {situation.task}")
     if "cpt" in points:
         sft_header += f"# After the CPT run ({name}-cpt) and `tunekit export` (merged), set base_model to runs/{name}-cpt/export/merged.\n"
+    if "base_model" not in situation.model_fields_set and any(f.rule.startswith("memory") for f in advice.findings):
+        sft_header += (
+            f"# base_model is tunekit's embedded default, so this recipe runs as it is; the memory advice is for a base of "
+            f"{situation.base_params_b:g}B parameters: set base_model to it.\n"
+        )
     if data_path is None:
         sft_header += "# data.train: put your labelled chat examples (JSONL, one conversation per line) there.\n"
     planned = [(out, sft_header, _sft(situation, advice, name, train))]
