@@ -229,9 +229,16 @@ def test_missing_price_and_training_cost_say_what_to_give():
 
 def test_a_price_file_overrides_single_entries(tmp_path):
     override = tmp_path / "prices.yaml"
-    override.write_text("as_of: 2026-11-01\napi:\n  gpt-4o: {input_per_m: 5.0, output_per_m: 15.0}\n", encoding="utf-8")
+    override.write_text(
+        "as_of: 2026-11-01\napi:\n  gpt-4o: {input_per_m: 5.0, output_per_m: 15.0}\n"
+        "gpus:\n  h100-80gb: {per_hour: {specialist: [1.85, 2.49]}}\n",
+        encoding="utf-8",
+    )
     prices = load_prices(override)
     assert str(prices.as_of) == "2026-11-01" and prices.api["gpt-4o-mini"].input_per_m == 0.15
+    # One price replaced; the entry keeps its other providers and the device names it matches.
+    key, h100 = prices.gpu("NVIDIA H100 80GB HBM3")
+    assert key == "h100-80gb" and h100.per_hour["specialist"] == (1.85, 2.49) and h100.per_hour["marketplace"] == (1.4, 2.5)
     report = report_of({**GPT4O_WORKED_EXAMPLE, "prompted.input_per_m": None, "prompted.output_per_m": None}, prices)
     assert report.break_even_requests == 4406
     assert f"+ {override}" in report.figure("prompted.input_per_m").source
@@ -239,3 +246,31 @@ def test_a_price_file_overrides_single_entries(tmp_path):
     bad.write_text("as_of: 2026-11-01\napi:\n  gpt-4o: {input_per_m: -1, output_per_m: 15.0}\n", encoding="utf-8")
     with pytest.raises(TunekitError, match="api.gpt-4o.input_per_m"):
         load_prices(bad)
+
+
+def _keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _keys(field.annotation, f"{prefix}{name}.")
+        elif name != "sources":  # set by tunekit, not by the user
+            yield f"{prefix}{name}"
+
+
+def test_docs_name_every_input_key_flag_and_price():
+    from tunekit.cli.cost import ADVISE_FLAGS, COST_FLAGS
+    from tunekit.cost import CostInputs, Situation
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cost.md").read_text(encoding="utf-8")
+    for key in [*_keys(CostInputs), *_keys(Situation)]:
+        assert f"| `{key}` |" in docs, key
+    for flag in [*COST_FLAGS, *ADVISE_FLAGS]:
+        assert f"`--{flag.replace('_', '-')}`" in docs, flag
+    prices = load_prices()
+    assert f"as of {prices.as_of}" in docs
+    for key, entry in prices.api.items():
+        assert f"| `{key}` | {entry.provider} | {entry.input_per_m:g} | {entry.output_per_m:g} |" in docs, key
+    for key, entry in prices.gpus.items():
+        low, high = entry.per_hour["specialist"]
+        assert f"| `{key}` | {entry.memory_gib:g} |" in docs and f"{low:g}–{high:g}" in docs, key

@@ -102,17 +102,23 @@ def shipped_prices_text() -> str:
     return resources.files("tunekit.cost").joinpath("prices.yaml").read_text(encoding="utf-8")
 
 
+def _merged(base: dict, override: dict) -> dict:
+    """`base` with `override`'s values, key by key: overriding one price keeps the entry's other fields."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
 def load_prices(override: Path | None = None) -> PriceTable:
-    """The shipped table, with the entries of `override` (a file of the same shape) replacing its own."""
+    """The shipped table, with the values of `override` (a file of the same shape) replacing its own."""
     data = yaml.safe_load(shipped_prices_text())
     origin = "tunekit/cost/prices.yaml"
     if override is not None:
         extra = _read_yaml(Path(override))
         if "as_of" not in extra:
             raise TunekitError(f"{override}: as_of: required key is missing", hint="date your prices, e.g. as_of: 2026-01-15")
-        for section in ("gpus", "api"):
-            data[section] = {**data.get(section, {}), **(extra.pop(section, None) or {})}
-        data.update(extra)
+        data = _merged(data, extra)
         origin = f"{origin} + {override}"
     data["origin"] = origin
     try:
