@@ -87,6 +87,12 @@ def test_an_estimate_gives_training_hours_and_tokens(trained_run, tmp_path):
     assert inputs.training.hours == pytest.approx(result.seconds / 3600)
     assert inputs.training.tokens == result.total_tokens > 0
     assert inputs.sources["training.hours"].startswith(f"{tmp_path / 'estimate.json'}: seconds")
+    # A recipe is estimated on the spot, at the speed given for the target GPU.
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(recipe.to_yaml())
+    now = load_inputs(estimate=recipe_file, tokens_per_s=500.0)
+    assert (now.training.hours, now.training.tokens) == (pytest.approx(inputs.training.hours), inputs.training.tokens)
+    assert now.sources["training.hours"].startswith(f"tunekit estimate {recipe_file}: seconds")
 
 
 def test_benchmark_and_request_log_give_throughput_volume_and_tokens(tmp_path):
