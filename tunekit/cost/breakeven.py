@@ -91,44 +91,42 @@ class Figures:
 # ---------------------------------------------------------------- per request
 
 
-def _token_prices(inputs: CostInputs, prices: PriceTable, figures: Figures | None) -> tuple[float, float] | None:
-    """($/M in, $/M out) of the prompted model, or None when its cost per request is given."""
-    side = inputs.prompted
-    if side.cost_per_request is not None:
-        return None
-    table = prices.api_model(side.model, "prompted.model") if side.model and (side.input_per_m is None or side.output_per_m is None) else None
-    if table is None and (side.input_per_m is None or side.output_per_m is None):
+def _per_token(inputs: CostInputs, prices: PriceTable, key: str, overhead: tuple[float, str], figures: Figures | None) -> float:
+    """Cost of one request priced per token: `key` is prompted or finetuned, `overhead` its extra
+    prompt tokens and their key. Prices not given come from the price table's entry of `key.model`."""
+    side, traffic = getattr(inputs, key), inputs.traffic
+    missing = side.input_per_m is None or side.output_per_m is None
+    if missing and side.model is None:
         raise TunekitError(
-            "prompted: no price: give prompted.model (a price-table key) or prompted.input_per_m and prompted.output_per_m",
-            hint="e.g. --prompted-model gpt-4o, or --prompted-cost-per-request 0.02",
+            f"{key}.model: required to price {key} requests (a price-table key), or give {key}.input_per_m and {key}.output_per_m",
+            hint=f"e.g. --{key}-model {'gpt-4o' if key == 'prompted' else 'ft:gpt-4o-mini'}, or --{key}-cost-per-request",
         )
+    table = prices.api_model(side.model, f"{key}.model") if missing else None
     p_in = side.input_per_m if side.input_per_m is not None else table.input_per_m
     p_out = side.output_per_m if side.output_per_m is not None else table.output_per_m
+    tokens, tokens_key = overhead
+    cost = (tokens + traffic.input_tokens) * p_in / _M + traffic.output_tokens * p_out / _M
     if figures is not None:
         where = f"price table {prices.origin} (as of {prices.as_of}): api.{side.model}"
-        # With both prices given, the default model name says nothing about them.
-        name = side.model if table is not None or "prompted.model" in inputs.sources else "model"
-        for key, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
-            source = inputs.source(f"prompted.{key}", "given") if given is not None else f"{where}.{key}"
-            figures.add(f"prompted.{key}", f"prompted {name}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
-    return p_in, p_out
+        # With both prices given, a default model name says nothing about them.
+        name = side.model if table is not None or f"{key}.model" in inputs.sources else "model"
+        what = "fine-tuned" if key == "finetuned" else key
+        for price, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
+            source = inputs.source(f"{key}.{price}", "given") if given is not None else f"{where}.{price}"
+            figures.add(f"{key}.{price}", f"{what} {name}: $ per M {price.split('_')[0]} tokens", value, "$/M tokens", source)
+        figures.add(
+            f"{key}.cost_per_request", f"{what} cost per request", cost, "$",
+            f"({tokens_key} + traffic.input_tokens) x {key}.input_per_m / 1e6 + traffic.output_tokens x {key}.output_per_m / 1e6",
+        )  # fmt: skip
+    return cost
 
 
 def prompted_per_request(inputs: CostInputs, prices: PriceTable, overhead_tokens: float, figures: Figures | None = None) -> float:
-    side, traffic = inputs.prompted, inputs.traffic
-    token_prices = _token_prices(inputs, prices, figures)
-    if token_prices is None:
+    if inputs.prompted.cost_per_request is not None:
         if figures is not None:
-            figures.given("prompted.cost_per_request", "prompted cost per request", side.cost_per_request, "$")
-        return side.cost_per_request
-    p_in, p_out = token_prices
-    cost = (overhead_tokens + traffic.input_tokens) * p_in / _M + traffic.output_tokens * p_out / _M
-    if figures is not None:
-        figures.add(
-            "prompted.cost_per_request", "prompted cost per request", cost, "$",
-            "(traffic.overhead_tokens + traffic.input_tokens) x prompted.input_per_m / 1e6 + traffic.output_tokens x prompted.output_per_m / 1e6",
-        )  # fmt: skip
-    return cost
+            figures.given("prompted.cost_per_request", "prompted cost per request", inputs.prompted.cost_per_request, "$")
+        return inputs.prompted.cost_per_request
+    return _per_token(inputs, prices, "prompted", (overhead_tokens, "traffic.overhead_tokens"), figures)
 
 
 def _gpu_hourly(prices: PriceTable, section, key_prefix: str, inputs: CostInputs, figures: Figures | None) -> float:
@@ -159,13 +157,13 @@ def _gpu_hourly(prices: PriceTable, section, key_prefix: str, inputs: CostInputs
 
 
 def finetuned_per_request(inputs: CostInputs, prices: PriceTable, requests_per_day: float | None, figures: Figures | None = None) -> float:
-    side, traffic = inputs.finetuned, inputs.traffic
+    side = inputs.finetuned
     if side.cost_per_request is not None:
         if figures is not None:
             figures.given("finetuned.cost_per_request", "fine-tuned cost per request", side.cost_per_request, "$")
         return side.cost_per_request
     if side.hosting == "api":
-        return _api_finetuned(inputs, prices, figures)
+        return _per_token(inputs, prices, "finetuned", (side.overhead_tokens, "finetuned.overhead_tokens"), figures)
     if side.requests_per_s is None:
         raise TunekitError(
             "finetuned.requests_per_s: required for self_hosted hosting (the sustained throughput of one replica)",
@@ -183,30 +181,6 @@ def finetuned_per_request(inputs: CostInputs, prices: PriceTable, requests_per_d
         formula = f"{replicas} replica(s) x finetuned.gpus x finetuned.gpu_per_hour x 24 / traffic.requests_per_day (always on)"
     if figures is not None:
         figures.add("finetuned.cost_per_request", "fine-tuned cost per request (self-hosted)", cost, "$", formula)
-    return cost
-
-
-def _api_finetuned(inputs: CostInputs, prices: PriceTable, figures: Figures | None) -> float:
-    side, traffic = inputs.finetuned, inputs.traffic
-    if side.input_per_m is None or side.output_per_m is None:
-        if side.model is None:
-            raise TunekitError(
-                "finetuned.model: required for api hosting (a fine-tuned model in the price table), or give its prices",
-                hint="e.g. --finetuned-model ft:gpt-4o-mini; or --finetuned-input-per-m and --finetuned-output-per-m",
-            )
-        table = prices.api_model(side.model, "finetuned.model")
-    p_in = side.input_per_m if side.input_per_m is not None else table.input_per_m
-    p_out = side.output_per_m if side.output_per_m is not None else table.output_per_m
-    cost = (side.overhead_tokens + traffic.input_tokens) * p_in / _M + traffic.output_tokens * p_out / _M
-    if figures is not None:
-        where = f"price table {prices.origin} (as of {prices.as_of}): api.{side.model}"
-        for key, value, given in (("input_per_m", p_in, side.input_per_m), ("output_per_m", p_out, side.output_per_m)):
-            source = inputs.source(f"finetuned.{key}", "given") if given is not None else f"{where}.{key}"
-            figures.add(f"finetuned.{key}", f"fine-tuned {side.model or 'model'}: $ per M {key.split('_')[0]} tokens", value, "$/M tokens", source)
-        figures.add(
-            "finetuned.cost_per_request", "fine-tuned cost per request (API)", cost, "$",
-            "(finetuned.overhead_tokens + traffic.input_tokens) x finetuned.input_per_m / 1e6 + traffic.output_tokens x finetuned.output_per_m / 1e6",
-        )  # fmt: skip
     return cost
 
 
