@@ -11,6 +11,7 @@ import yaml
 from tunekit.config import load_recipe
 from tunekit.errors import RunDirError
 from tunekit.eval import metrics as M
+from tunekit.eval.task import TaskSpec, aggregate, score
 from tunekit.runs import RunPaths, read_jsonl, write_jsonl
 
 REF = '{"category": "billing", "priority": "high"}'
@@ -62,13 +63,15 @@ def test_aggregate_exact_numbers():
         '{"priority": "high", "category": "shipping", "extra": 1}',  # category wrong, extra key ignored
         " Paris ",  # non-JSON reference: exact match only
     ]
-    per_example = [M.score_example(o, r) for o, r in zip(outputs, references)]
+    spec = TaskSpec(metrics=["exact_match", "json_valid", "field_accuracy"])
+    per_example = [score(o, r, spec) for o, r in zip(outputs, references)]
     assert [r["exact_match"] for r in per_example] == [True, False, False, False, True]
     assert [r["json_valid"] for r in per_example] == [True, True, False, True, False]
     assert [r["all_fields"] for r in per_example] == [True, False, False, False, None]
     assert per_example[4]["fields"] is None
 
-    summary, per_field = M.aggregate(per_example)
+    result = aggregate(per_example, spec)
+    summary, per_field = result["metrics"], result["per_field"]
     assert summary == {
         "exact_match": pytest.approx(2 / 5),
         "json_valid": pytest.approx(3 / 5),
@@ -80,8 +83,9 @@ def test_aggregate_exact_numbers():
 
 
 def test_aggregate_only_chosen_metrics_and_no_object_references():
-    per_example = [M.score_example("Paris", "Paris", ["exact_match", "field_accuracy"])]
-    summary, per_field = M.aggregate(per_example, ["exact_match", "field_accuracy"])
+    spec = TaskSpec(metrics=["exact_match", "field_accuracy"])
+    result = aggregate([score("Paris", "Paris", spec)], spec)
+    summary, per_field = result["metrics"], result["per_field"]
     assert summary == {"exact_match": 1.0, "field_accuracy": None, "all_fields": None}
     assert per_field == {}
 

@@ -6,7 +6,8 @@ import pytest
 
 from tunekit.config import parse_recipe
 from tunekit.errors import RecipeError
-from tunekit.eval.gates import GateSyntaxError, evaluate, known_metric_names, parse_gate
+from tunekit.config.gates import GateSyntaxError, known_metric_names, parse_gate
+from tunekit.eval.gates import evaluate
 
 
 def _recipe(tmp_path, **eval_section):

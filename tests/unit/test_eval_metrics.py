@@ -56,7 +56,8 @@ def test_classification_report_by_hand():
 def test_task_score_and_aggregate_all_metrics():
     schema = {"type": "object", "properties": {"category": {"enum": ["billing", "shipping"]}}, "required": ["category"]}
     spec = T.TaskSpec(
-        metrics=["exact_match", "normalized_match", "json_valid", "json_schema", "field_accuracy", "classification", "rules", "rouge_l"],
+        metrics=["exact_match", "normalized_match", "json_valid", "json_schema", "field_accuracy", "classification", "rules", "rouge_l",
+                 "perplexity"],
         label_field="category", schema=schema, rules=[{"name": "brace", "ends_with": "}"}],
     )
     refs = ['{"category": "billing"}', '{"category": "shipping"}', '{"category": "shipping"}']

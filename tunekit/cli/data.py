@@ -19,20 +19,16 @@ def prepare(
     recipe: RecipeArg,
     set_: SetOpt = None,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Fail when any row is removed for any reason, duplicates and policy drops included.")
+        bool,
+        typer.Option(
+            "--strict", help="Fail when any row is removed for any reason, duplicates and policy drops included (sets data.strict)."
+        ),
     ] = False,
 ) -> None:
     from tunekit.data import prepare as prepare_data_stage
-    from tunekit.errors import DataError
 
-    loaded, run = recipe_and_run(recipe, set_)
-    removed = prepare_data_stage(loaded, run).removed
-    if strict and removed:
-        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(removed.items()))
-        raise DataError(
-            f"--strict: {sum(removed.values())} row(s) were removed ({counts}); every one is listed in {run.quarantine}",
-            hint="fix or remove those rows in the input, or run without --strict",
-        )
+    loaded, run = recipe_and_run(recipe, [*(set_ or []), *(["data.strict=true"] if strict else [])])
+    prepare_data_stage(loaded, run)
 
 
 @app.command(

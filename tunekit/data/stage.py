@@ -2,7 +2,7 @@
 `tunekit run` call it.
 
 It loads the base model's tokenizer (lengths are measured under its chat template), prepares the
-splits into the run directory, prints the summary and applies the data gates.
+splits into the run directory, prints the summary and applies the data gates (and `data.strict`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tunekit.console import console
 from tunekit.data.gates import raise_on_failed_gates
 from tunekit.data.prepare import prepare_data
 from tunekit.data.report import print_summary
+from tunekit.errors import DataError
 from tunekit.models import load_tokenizer, resolve_model
 from tunekit.runs import RunPaths
 
@@ -43,7 +44,8 @@ class DataResult:
 
 
 def prepare(recipe: Recipe, run: RunPaths) -> DataResult:
-    """Prepare the recipe's data into `run`'s data dir; DataError on unusable input or a failed data gate."""
+    """Prepare the recipe's data into `run`'s data dir; DataError on unusable input, a failed data gate, or
+    (with `data.strict`) any removed row."""
     with console.status("loading the tokenizer"):
         model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
         tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
@@ -54,4 +56,12 @@ def prepare(recipe: Recipe, run: RunPaths) -> DataResult:
     print_summary(report, run)
     # After the summary, so the user sees the numbers behind a failed gate; stops `tunekit run` before training.
     raise_on_failed_gates(report, run.data_report)
-    return DataResult.from_report(report, run)
+    result = DataResult.from_report(report, run)
+    if recipe.data.strict and result.removed:
+        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.removed.items()))
+        raise DataError(
+            f"data.strict / --strict: {sum(result.removed.values())} row(s) were removed ({counts}); "
+            f"every one is listed in {run.quarantine}",
+            hint="fix or remove those rows in the input, or set data.strict: false (run without --strict)",
+        )
+    return result

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
+from tunekit.config.eval import BUILTIN_SUITES, suite_path
 from tunekit.errors import DataError
 from tunekit.eval.generation import Decoding, Generations
 from tunekit.eval.scorers import check_problem, score_item
 
-SUITES_DIR = Path(__file__).parent / "suites"
-BUILTIN_SUITES = {"general": SUITES_DIR / "general.jsonl"}
 DEFAULT_MAX_NEW_TOKENS = 32
 
 Answer = Callable[[list[list[dict]], Decoding, str], Generations]
-
-
-def suite_path(name: str) -> Path:
-    return BUILTIN_SUITES.get(name) or Path(name)
 
 
 def load_suite(name: str) -> list[dict]:
@@ -66,21 +60,6 @@ def _item_problem(item) -> str | None:
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         return "messages must be a non-empty list of {role, content}"
     return check_problem(item.get("check"))
-
-
-def categories(suites: list[str]) -> list[str]:
-    """Category names of the given suites (for gate names like forgetting.drop.arithmetic)."""
-    found: dict[str, None] = {}
-    for name in suites:
-        path = suite_path(name)
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    try:
-                        found[json.loads(line).get("category")] = None
-                    except (json.JSONDecodeError, AttributeError):
-                        continue
-    return [c for c in found if isinstance(c, str)]
 
 
 def select(items: list[dict], max_items: int | None) -> list[dict]:

@@ -1,5 +1,8 @@
 """Task metrics on generated text. Pure functions: strings in, numbers out.
 
+Which metrics exist, and which of these functions each one uses, is the metric table's business
+(tunekit.config.metrics, read through tunekit.eval.task).
+
 JSON is parsed strictly: the whole output (surrounding whitespace aside) must be one JSON object
 or array. A reply wrapped in a Markdown fence (```json ... ```) or followed by an explanation is
 *not* valid JSON here, because a program consuming the model's answer would fail on it too.
@@ -11,15 +14,6 @@ import json
 import re
 import unicodedata
 from typing import Any
-
-# field_accuracy also reports `all_fields`: the share of examples with every reference field right.
-METRICS = ("exact_match", "json_valid", "field_accuracy")
-# Every metric a recipe can choose (eval.metrics). Latency and output length are always reported.
-ALL_METRICS = (
-    "exact_match", "normalized_match", "json_valid", "json_schema", "field_accuracy",
-    "classification", "rules", "rouge_l", "perplexity",
-)
-
 
 def parse_json(text: str) -> Any | None:
     """The JSON object or array in `text`, or None when `text` is not exactly one of them."""
@@ -123,45 +117,6 @@ def field_matches(output: str, reference: str) -> dict[str, bool] | None:
     got = parse_json(output)
     got = got if isinstance(got, dict) else {}
     return {key: key in got and _same_value(got[key], value) for key, value in expected.items()}
-
-
-def score_example(output: str, reference: str, metrics: list[str] | tuple[str, ...] = METRICS) -> dict:
-    """Per-example results for the chosen metrics. Field results are None when not applicable."""
-    result: dict[str, Any] = {}
-    if "exact_match" in metrics:
-        result["exact_match"] = exact_match(output, reference)
-    if "json_valid" in metrics:
-        result["json_valid"] = json_valid(output)
-    if "field_accuracy" in metrics:
-        fields = field_matches(output, reference)
-        result["fields"] = fields
-        result["all_fields"] = None if fields is None else all(fields.values())
-    return result
-
-
-def _share(values: list[bool]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def aggregate(per_example: list[dict], metrics: list[str] | tuple[str, ...] = METRICS) -> tuple[dict, dict]:
-    """(metric -> value, field -> accuracy) over per-example results from `score_example`.
-
-    field_accuracy is the share of all (example, reference field) pairs answered right, over the
-    examples whose reference is a JSON object; None when no reference is one.
-    """
-    summary: dict[str, float | None] = {}
-    for name in ("exact_match", "json_valid"):
-        if name in metrics:
-            summary[name] = _share([r[name] for r in per_example])
-    per_field: dict[str, float | None] = {}
-    if "field_accuracy" in metrics:
-        with_fields = [r["fields"] for r in per_example if r["fields"] is not None]
-        pairs = [ok for fields in with_fields for ok in fields.values()]
-        summary["field_accuracy"] = _share(pairs)
-        summary["all_fields"] = _share([r["all_fields"] for r in per_example if r["all_fields"] is not None])
-        names = list(dict.fromkeys(key for fields in with_fields for key in fields))
-        per_field = {key: _share([fields[key] for fields in with_fields if key in fields]) for key in names}
-    return summary, per_field
 
 
 def field_counts(references: list[str]) -> dict[str, int]:

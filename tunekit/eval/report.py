@@ -5,9 +5,10 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from tunekit.config.metrics import direction_of
 from tunekit.console import console
-from tunekit.eval import metrics as M
-from tunekit.eval import task as T
+from tunekit.eval.metrics import field_counts
+from tunekit.eval.task import aggregate, outcome
 from tunekit.eval.report_html import write_html
 
 __all__ = ["build_report", "flat_metrics", "print_report", "print_table", "write_html"]
@@ -19,7 +20,7 @@ def _changed(scored: dict[str, list[dict]], kept: list[int], examples) -> dict:
         return {"fixed": [], "broken": [], "n_fixed": 0, "n_broken": 0}
     fixed, broken = [], []
     for i in kept:
-        before, after = T.outcome(scored["base"][i]), T.outcome(scored["tuned"][i])
+        before, after = outcome(scored["base"][i]), outcome(scored["tuned"][i])
         if before is None or after is None or before == after:
             continue
         (fixed if after else broken).append(i)
@@ -32,7 +33,7 @@ def build_report(scored, generations, nll, *, spec, kept, examples, flags, forge
     models, classification, per_field_by_model = {}, {}, {}
     for name, per_example in scored.items():
         gen = generations[name]
-        side = T.aggregate(
+        side = aggregate(
             [per_example[i] for i in kept], spec,
             nll=[nll[name][i] for i in kept] if name in nll else None,
             latency_s=[gen.latency_s[i] for i in kept], lengths=[gen.lengths[i] for i in kept],
@@ -41,7 +42,7 @@ def build_report(scored, generations, nll, *, spec, kept, examples, flags, forge
         if "classification" in side:
             classification[name] = side["classification"]
     references = [examples[i].reference for i in kept]
-    counts = M.field_counts(references) if "field_accuracy" in spec.metrics else {}
+    counts = field_counts(references) if "field_accuracy" in spec.metrics else {}
     per_field = {f: {**{n: per_field_by_model[n].get(f) for n in scored}, "n": c} for f, c in counts.items()}
     flagged = [{"index": i, **flag} for i, flag in enumerate(flags) if flag is not None]
     report = {
@@ -123,7 +124,7 @@ def print_table(report: dict) -> None:
             table.add_row(label, _fmt(base_value), _fmt(tuned_value), _delta(base_value, tuned_value, lower_is_better))
 
     for metric, value in tuned.items():
-        add(metric, (base or {}).get(metric), value, metric.startswith(("latency", "perplexity")))
+        add(metric, (base or {}).get(metric), value, direction_of(metric) == "lower")
     for field, values in report["per_field"].items():
         add(f"  field {field} (n={values['n']})", values.get("base"), values.get("tuned"))
     for label, per_class in (report["classification"].get("tuned") or {}).get("per_class", {}).items():

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, median
 
-from tunekit.eval import metrics as M
+from tunekit.config.metrics import METRICS, MetricInfo
+from tunekit.eval.metrics import (
+    exact_match, extract_label, field_matches, json_valid, normalized_match, rouge_l, rule_passes, schema_valid,
+)
 
 NO_LABEL = "(none)"  # the predicted label when a reply has none (not JSON, no match)
 
@@ -48,25 +51,62 @@ class TaskSpec:
         return cls(list(cfg.metrics), label_field, label_regex, schema, rules)
 
     def label(self, text: str) -> str | None:
-        return M.extract_label(text, field=self.label_field, regex=self.label_regex)
+        return extract_label(text, field=self.label_field, regex=self.label_regex)
 
 
 def score(output: str, reference: str, spec: TaskSpec) -> dict:
-    """One example's results for the chosen metrics."""
-    result = M.score_example(output, reference, [m for m in spec.metrics if m in M.METRICS])
-    if "normalized_match" in spec.metrics:
-        result["normalized_match"] = M.normalized_match(output, reference)
-    if "json_schema" in spec.metrics:
-        result["json_schema"] = M.schema_valid(output, spec.validator)
-    if "rouge_l" in spec.metrics:
-        result["rouge_l"] = round(M.rouge_l(output, reference), 6)
-    if "classification" in spec.metrics:
-        expected, predicted = spec.label(reference), spec.label(output)
-        result["label"] = {"reference": expected, "predicted": predicted if predicted is not None else NO_LABEL}
-        result["correct_label"] = None if expected is None else predicted == expected
-    if "rules" in spec.metrics:
-        result["rules"] = {rule["name"]: M.rule_passes(output, rule) for rule in spec.rules}
+    """One example's results for the chosen metrics, each from the scorer the metric table names."""
+    result: dict = {}
+    for info in _chosen(spec):
+        if info.scorer is not None:
+            result.update(globals()[info.scorer](output, reference, spec))
     return result
+
+
+def _chosen(spec: TaskSpec) -> list[MetricInfo]:
+    """The chosen metrics in the table's order (the order of every example's results and of the report)."""
+    return [info for name, info in METRICS.items() if name in spec.metrics]
+
+
+# Per-example scorers, named by the metric table: (output, reference, spec) -> results of one example.
+
+
+def score_exact_match(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"exact_match": exact_match(output, reference)}
+
+
+def score_json_valid(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"json_valid": json_valid(output)}
+
+
+def score_field_accuracy(output: str, reference: str, spec: TaskSpec) -> dict:
+    """Per reference field right or not (None when the reference is no JSON object), and all of them."""
+    fields = field_matches(output, reference)
+    return {"fields": fields, "all_fields": None if fields is None else all(fields.values())}
+
+
+def score_normalized_match(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"normalized_match": normalized_match(output, reference)}
+
+
+def score_json_schema(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"json_schema": schema_valid(output, spec.validator)}
+
+
+def score_rouge_l(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"rouge_l": round(rouge_l(output, reference), 6)}
+
+
+def score_classification(output: str, reference: str, spec: TaskSpec) -> dict:
+    expected, predicted = spec.label(reference), spec.label(output)
+    return {
+        "label": {"reference": expected, "predicted": predicted if predicted is not None else NO_LABEL},
+        "correct_label": None if expected is None else predicted == expected,
+    }
+
+
+def score_rules(output: str, reference: str, spec: TaskSpec) -> dict:
+    return {"rules": {rule["name"]: rule_passes(output, rule) for rule in spec.rules}}
 
 
 def outcome(result: dict) -> bool | None:
@@ -109,24 +149,12 @@ def classification_report(pairs: list[tuple[str, str]]) -> dict:
 def aggregate(per_example: list[dict], spec: TaskSpec, *, nll: list[tuple[float, int]] | None = None,
               latency_s: list[float] | None = None, lengths: list[int] | None = None) -> dict:
     """Report numbers of one model: {"metrics": {name: value}, "per_field", "classification"}."""
-    summary, per_field = M.aggregate(per_example, [m for m in spec.metrics if m in M.METRICS])
-    for name in ("normalized_match", "json_schema"):
-        if name in spec.metrics:
-            summary[name] = _share(r[name] for r in per_example)
-    if "rouge_l" in spec.metrics:
-        summary["rouge_l"] = mean(r["rouge_l"] for r in per_example) if per_example else None
-    extra: dict = {"per_field": per_field}
-    if "classification" in spec.metrics:
-        pairs = [(r["label"]["reference"], r["label"]["predicted"]) for r in per_example if r["label"]["reference"] is not None]
-        report = classification_report(pairs)
-        summary["accuracy"], summary["macro_f1"] = report["accuracy"], report["macro_f1"]
-        extra["classification"] = {**report, "n": len(pairs)}
-    if "rules" in spec.metrics:
-        for rule in spec.rules:
-            summary[f"rule.{rule['name']}"] = _share(r["rules"][rule["name"]] for r in per_example)
-    if nll:
-        tokens = sum(n for _, n in nll)
-        summary["perplexity"] = math.exp(sum(loss for loss, _ in nll) / tokens) if tokens else None
+    summary: dict = {}
+    extra: dict = {"per_field": {}}
+    for info in _chosen(spec):
+        numbers, more = globals()[info.summary](info.name, per_example, spec, nll)
+        summary.update(numbers)
+        extra.update(more)
     if latency_s:
         summary["latency_ms_mean"] = 1000 * mean(latency_s)
         summary["latency_ms_p50"] = 1000 * median(latency_s)
@@ -135,16 +163,45 @@ def aggregate(per_example: list[dict], spec: TaskSpec, *, nll: list[tuple[float,
     return {"metrics": summary, **extra}
 
 
-def metric_names(spec_metrics: list[str], rule_names: list[str], *, perplexity_possible: bool = True) -> list[str]:
-    """Names under `task.` a gate may use, given the chosen metrics (validated before running)."""
-    names = []
-    for metric in spec_metrics:
-        if metric == "field_accuracy":
-            names += ["field_accuracy", "all_fields"]
-        elif metric == "classification":
-            names += ["accuracy", "macro_f1"]
-        elif metric == "rules":
-            names += [f"rule.{name}" for name in rule_names]
-        elif metric != "perplexity" or perplexity_possible:
-            names.append(metric)
-    return names + ["latency_ms_mean", "latency_ms_p50", "output_tokens_mean"]
+# Summaries, named by the metric table: (metric, per-example results, spec, reference NLL) ->
+# (numbers reported under `task.`, other report parts).
+
+
+def summarize_share(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    """The share of examples for which the metric's check holds."""
+    return {name: _share(r[name] for r in per_example)}, {}
+
+
+def summarize_mean(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    return {name: mean(r[name] for r in per_example) if per_example else None}, {}
+
+
+def summarize_fields(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    """field_accuracy: the share of all (example, reference field) pairs answered right, over the examples
+    whose reference is a JSON object (None when none is); all_fields: share of those with every field right."""
+    with_fields = [r["fields"] for r in per_example if r["fields"] is not None]
+    numbers = {
+        "field_accuracy": _share(ok for fields in with_fields for ok in fields.values()),
+        "all_fields": _share(r["all_fields"] for r in per_example),
+    }
+    names = list(dict.fromkeys(key for fields in with_fields for key in fields))
+    per_field = {key: _share(fields[key] for fields in with_fields if key in fields) for key in names}
+    return numbers, {"per_field": per_field}
+
+
+def summarize_classification(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    pairs = [(r["label"]["reference"], r["label"]["predicted"]) for r in per_example if r["label"]["reference"] is not None]
+    report = classification_report(pairs)
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}, {"classification": {**report, "n": len(pairs)}}
+
+
+def summarize_rules(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    return {f"rule.{rule['name']}": _share(r["rules"][rule["name"]] for r in per_example) for rule in spec.rules}, {}
+
+
+def summarize_perplexity(name: str, per_example: list[dict], spec: TaskSpec, nll) -> tuple[dict, dict]:
+    """exp(total reference NLL / reference tokens); nothing when no NLL was taken (an endpoint target)."""
+    if not nll:
+        return {}, {}
+    tokens = sum(n for _, n in nll)
+    return {"perplexity": math.exp(sum(loss for loss, _ in nll) / tokens) if tokens else None}, {}
