@@ -133,8 +133,9 @@ def test_missing_adapter_is_a_run_dir_error(tmp_path, tiny_model_dir):
     recipe, run = make_run(tmp_path, tiny_model_dir)
     for path in run.adapter_dir.iterdir():
         path.unlink()
-    with pytest.raises(RunDirError, match="not a PEFT adapter directory"):
+    with pytest.raises(RunDirError, match="no trained model in .*adapter_config.json") as info:
         export(recipe, run)  # the directory is there but empty
+    assert "tunekit train" in info.value.hint
     run.adapter_dir.rmdir()
     with pytest.raises(RunDirError, match="tunekit train"):
         export(recipe, run)

@@ -48,15 +48,13 @@ class Answerer:
             return reference_nll(self.model, self.tokenizer, prompts, references, batch_size=batch_size)
 
 
-def model_dir(run: RunPaths) -> Path:
-    """A full fine-tune's weights (train.adapter: full writes them here instead of adapter/)."""
-    return getattr(run, "model_dir", run.root / "model")
-
-
 def resolve_target(recipe: Recipe, run: RunPaths) -> str:
+    """`eval.target`, with `auto` meaning what training left: `model` for a full fine-tune, else `adapter`."""
     target = recipe.eval.target
     if target == "auto":
-        return "model" if (model_dir(run) / "config.json").is_file() else "adapter"
+        from tunekit.models.trained import trained_artifact
+
+        return "model" if trained_artifact(run).kind == "full" else "adapter"
     return target
 
 
@@ -86,17 +84,15 @@ def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, A
     """{"tuned": ..., "base": ...} (base only when `need_base`)."""
     target = resolve_target(recipe, run)
     if target == "adapter":
-        from peft import PeftModel
-
-        from tunekit.models import load_model, load_tokenizer, resolve_model
+        from tunekit.models import resolve_model
+        from tunekit.models.trained import load_with_adapter
 
         adapter_dir = run.require(run.adapter_dir / "adapter_config.json", "train").parent
         base_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-        # The adapter dir carries the tokenizer the model was trained with (chat template included).
-        has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-        tokenizer = load_tokenizer(str(adapter_dir if has_tokenizer else base_path), trust_remote_code=recipe.trust_remote_code)
-        base = load_model(base_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
-        model = _to_device(PeftModel.from_pretrained(base, str(adapter_dir)))
+        model, tokenizer = load_with_adapter(
+            base_path, adapter_dir, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle
+        )
+        model = _to_device(model)
         sides = {"tuned": Answerer("tuned", f"{recipe.base_model} + {adapter_dir}", model, tokenizer)}
         if need_base:
             sides["base"] = Answerer("base", recipe.base_model, model, tokenizer, base_switch=True)
@@ -104,7 +100,7 @@ def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, A
     if target == "endpoint":
         sides = {"tuned": _endpoint(recipe)}
     else:
-        path = model_dir(run) if target == "model" else run.merged_dir
+        path = run.model_dir if target == "model" else run.merged_dir
         stage = "train" if target == "model" else "export"
         run.require(path / "config.json", stage)
         model, tokenizer = _load_dir(path, recipe)
@@ -132,6 +128,6 @@ def require_trained(recipe: Recipe, run: RunPaths) -> None:
     if target == "adapter":
         run.require(run.adapter_dir / "adapter_config.json", "train")
     elif target == "model":
-        run.require(model_dir(run) / "config.json", "train")
+        run.require(run.model_dir / "config.json", "train")
     elif target == "merged" and not (run.merged_dir / "config.json").is_file():
         raise RunDirError(f"{run.merged_dir / 'config.json'} not found", hint="run `tunekit export` first (export.merged: true)")

@@ -6,9 +6,8 @@ with their own parity check and quantization gate, and an Ollama Modelfile.
 
 from tunekit.export.merge import copy_adapter, merge_adapter
 from tunekit.export.parity import check_parity, parity_prompts
-from tunekit.export.stage import ExportResult, check_export_requirements, export, trained_source
+from tunekit.export.stage import ExportResult, check_export_requirements, export
 
 __all__ = [
     "ExportResult", "check_export_requirements", "check_parity", "copy_adapter", "export", "merge_adapter", "parity_prompts",
-    "trained_source",
 ]

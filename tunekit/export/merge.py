@@ -21,26 +21,10 @@ from pathlib import Path
 
 from tunekit.errors import ModelError, RunDirError, TunekitError
 from tunekit.models.loading import end_of_turn_ids
+from tunekit.models.trained import ADAPTER_CONFIG, ADAPTER_WEIGHTS, attach_adapter, check_adapter_dir, tokenizer_source
 
 # Weight-name fragments that only exist while an adapter is attached: none may reach the merged files.
 ADAPTER_WEIGHT_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module", "lora_magnitude")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def check_adapter_dir(adapter_dir: Path) -> dict:
-    """The adapter's `adapter_config.json`, after checking the directory really holds a PEFT adapter."""
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file() or not any((adapter_dir / name).is_file() for name in ADAPTER_FILES[1:]):
-        raise RunDirError(
-            f"{adapter_dir} is not a PEFT adapter directory (adapter_config.json and adapter weights expected)",
-            hint="run `tunekit train` again to write the adapter",
-        )
-    return json.loads(config_path.read_text(encoding="utf-8"))
-
-
-def tokenizer_source(adapter_dir: Path, base_path: str) -> str:
-    """Training saves the tokenizer (chat template included) next to the adapter; prefer it over the base's."""
-    return str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base_path
 
 
 def dir_listing(path: Path) -> dict:
@@ -124,19 +108,6 @@ def _strip_quantization(model) -> None:
             del config.quantization_config
 
 
-def _attach_adapter(model, adapter_dir: Path, base_path: str):
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, str(adapter_dir))
-    except (RuntimeError, ValueError, KeyError) as exc:  # shape mismatch, unknown modules: a different base
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"the adapter in {adapter_dir} does not fit base model '{base_path}': {first_line}",
-            hint="export with the same base_model the adapter was trained on",
-        ) from None
-
-
 def merge_adapter(
     base_path: str,
     adapter_dir: Path,
@@ -151,7 +122,7 @@ def merge_adapter(
     generation config, optional README). Returns a summary: files, sizes, dtype, tying."""
     from tunekit.models import load_model, load_tokenizer
 
-    check_adapter_dir(adapter_dir)
+    check_adapter_dir(adapter_dir, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(tokenizer_source(adapter_dir, base_path), trust_remote_code=trust_remote_code)
     model = load_model(base_path, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if getattr(model, "hf_quantizer", None) is not None:
@@ -160,7 +131,7 @@ def merge_adapter(
             f"base model '{base_path}' loads quantized; a merged export needs full-precision base weights",
             hint="use the unquantized version of the base model",
         )
-    peft_model = _attach_adapter(model, adapter_dir, base_path)
+    peft_model = attach_adapter(model, adapter_dir, base_path, allow_pickle=allow_pickle)
     untied = _untie_adapted_embeddings(peft_model)
     merged = peft_model.merge_and_unload()
     if merged.config.tie_word_embeddings and not _embeddings_shared(merged):
@@ -219,7 +190,7 @@ def verify_merged_dir(path: Path) -> None:
     """Fail loudly if a merged directory still carries adapter or quantization traces."""
     from safetensors import safe_open
 
-    problems = [f"{name} present" for name in ADAPTER_FILES if (path / name).exists()]
+    problems = [f"{name} present" for name in (ADAPTER_CONFIG, *ADAPTER_WEIGHTS) if (path / name).exists()]
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     nested = [config, *(v for v in config.values() if isinstance(v, dict))]
     if any("quantization_config" in c for c in nested):

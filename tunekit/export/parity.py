@@ -125,13 +125,12 @@ def _run_pass(model, tokenizer, conversations, max_new_tokens: int, eos, sequenc
 
 
 def _reference_pass(base_path, adapter_dir, tokenizer, conversations, max_new_tokens, dtype, sequences, load) -> _Pass:
-    from peft import PeftModel
-
-    from tunekit.models.loading import end_of_turn_ids
     from tunekit.models import load_model
+    from tunekit.models.loading import end_of_turn_ids
+    from tunekit.models.trained import attach_adapter
 
     base = load_model(base_path, dtype=dtype, **load).to(_device())
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model = attach_adapter(base, adapter_dir, base_path, allow_pickle=load["allow_pickle"]).eval()
     # The reference is told explicitly where a turn ends; the merged side must know it from its own
     # generation_config, which is what plain `generate` on the export uses.
     eos = end_of_turn_ids(tokenizer, base.generation_config)
@@ -162,7 +161,7 @@ def check_parity(
     """
     import torch
 
-    from tunekit.export.merge import tokenizer_source
+    from tunekit.models.trained import tokenizer_source
     from tunekit.models import load_model, load_tokenizer
 
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]

@@ -14,8 +14,9 @@ from rich.markup import escape
 
 from tunekit.config import Recipe
 from tunekit.console import console
-from tunekit.errors import RunDirError, TunekitError
-from tunekit.export.merge import check_adapter_dir, copy_adapter, merge_adapter, model_card, save_full_model
+from tunekit.errors import TunekitError
+from tunekit.export.merge import copy_adapter, merge_adapter, model_card, save_full_model
+from tunekit.models.trained import check_adapter_dir, trained_artifact
 from tunekit.export.parity import DEFAULT_MAX_NEW_TOKENS, check_parity, parity_failure_message, parity_prompts
 from tunekit.export.summary import print_summary
 from tunekit.runs import RunPaths, write_json
@@ -49,17 +50,6 @@ def export_report_path(run: RunPaths) -> Path:
     return run.export_dir / "export_report.json"
 
 
-def trained_source(run: RunPaths) -> tuple[str, Path]:
-    """("adapter", dir) or ("full", dir): what training left in the run directory."""
-    if run.adapter_dir.exists():
-        return "adapter", run.adapter_dir
-    if run.model_dir.exists():
-        return "full", run.model_dir
-    raise RunDirError(
-        f"neither {run.adapter_dir} nor {run.model_dir} found", hint="run `tunekit train` first (or `tunekit run` for every stage)"
-    )
-
-
 def check_export_requirements(recipe: Recipe) -> None:
     """Fail before any weights are loaded (or, in `tunekit run`, before training) when the recipe asks
     for GGUF files and the extra that writes them is missing."""
@@ -75,9 +65,10 @@ def export(recipe: Recipe, run: RunPaths) -> ExportResult:
     also written to export/export_report.json). Raises TunekitError when the merged model or the F16
     GGUF fails its parity check: such an export is wrong and must not be shipped."""
     check_export_requirements(recipe)
-    kind, source = trained_source(run)
+    trained = trained_artifact(run)
+    kind, source = trained.kind, trained.path
     if kind == "adapter":
-        check_adapter_dir(source)
+        check_adapter_dir(source, allow_pickle=recipe.allow_pickle)
     options = recipe.export
     result = ExportResult(report_path=export_report_path(run), run_dir=str(run.root), source=kind, adapter_source=str(source))
     timings = result.timings_s
@@ -125,7 +116,7 @@ def _merged(recipe: Recipe, run: RunPaths, kind: str, source: Path, result: Expo
         source,
         run.merged_dir,
         dtype=options.dtype,
-        readme=model_card(recipe, check_adapter_dir(source), options.dtype),
+        readme=model_card(recipe, check_adapter_dir(source, allow_pickle=recipe.allow_pickle), options.dtype),
         **loading,
     )
     result.merged["base_model"] = recipe.base_model
