@@ -122,7 +122,7 @@ def test_models_list_and_health_name_the_directory(client, base_url, model_dir, 
     assert [m.id for m in client.models.list().data] == [model_dir.name]
     assert client.models.retrieve(model_dir.name).id == model_dir.name
     health = httpx.get(base_url.removesuffix("/v1") + "/health").json()
-    assert health == {"status": "ok", "model": model_dir.name}
+    assert health == {"status": "ok", "model": model_dir.name, "models": [model_dir.name], "queue_depth": 0}
 
 
 def test_greedy_answer_and_usage_match_direct_generate(client, reference, model_dir):
@@ -223,8 +223,8 @@ def test_real_openai_params_at_neutral_values_are_accepted(client, reference, mo
         ({"messages": [{"role": "tool", "content": "4", "tool_call_id": "t"}]}, "role 'tool' is not supported", "messages[0].role"),
         ({"temperature": 5}, "less than or equal to 2", "temperature"),
         ({"top_p": 0}, "greater than 0", "top_p"),
-        ({"n": 2}, "n=2 is not supported", "n"),
-        ({"stream": True}, "streaming is not supported", "stream"),
+        ({"n": 9}, "less than or equal to 8", "n"),
+        ({"stream_options": {"include_usage": True}}, "only allowed with stream=true", None),
         ({"max_tokens": LIMIT + 1}, f"limit of {LIMIT}", "max_tokens"),
         ({"max_tokens": 0}, "greater than or equal to 1", "max_tokens"),
         ({"presence_penalty": 0.5}, "presence_penalty", None),
@@ -261,7 +261,7 @@ def test_malformed_http_bodies_get_openai_errors(base_url):
     bad_json = httpx.post(f"{base_url}/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
     not_object = httpx.post(f"{base_url}/chat/completions", json=["hello"])
     missing = httpx.post(f"{base_url}/chat/completions", json={"messages": CHAT})
-    no_route = httpx.get(f"{base_url}/completions")
+    no_route = httpx.get(f"{base_url}/embeddings")
     assert [r.status_code for r in (bad_json, not_object, missing, no_route)] == [400, 400, 400, 404]
     assert "not valid JSON" in bad_json.json()["error"]["message"]
     assert "JSON object" in not_object.json()["error"]["message"]
@@ -349,7 +349,8 @@ def test_run_dir_serves_base_plus_adapter(run_dir, reference, model_dir):
     from transformers import AutoModelForCausalLM
 
     engine = Engine.from_path(run_dir)
-    assert engine.name == "support-bot" and "adapter" in engine.source
+    assert engine.name == model_dir.name and list(engine.models) == [model_dir.name, "support-bot"]
+    assert engine.source == f"{model_dir} + adapter {run_dir / 'adapter'}"
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tuned = PeftModel.from_pretrained(base, run_dir / "adapter").to(DEVICE).eval()
     tuned_text, prompt_tokens, generated = greedy_reference(tuned, reference[1], CHAT, max_new_tokens=12)
@@ -358,14 +359,19 @@ def test_run_dir_serves_base_plus_adapter(run_dir, reference, model_dir):
 
     with running_server(engine) as url:
         c = openai.OpenAI(base_url=url, api_key="tunekit", max_retries=0)
-        assert [m.id for m in c.models.list().data] == ["support-bot"]
+        listed = c.models.list().data
+        assert [(m.id, m.parent, m.root) for m in listed] == [
+            (model_dir.name, None, str(model_dir)), ("support-bot", model_dir.name, str(run_dir / "adapter"))
+        ]
         response = c.chat.completions.create(model="support-bot", messages=CHAT, temperature=0, max_tokens=12)
         assert response.choices[0].message.content == tuned_text
         assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (prompt_tokens, generated)
         assert send_chat(CHAT[1]["content"], url=url, system=CHAT[0]["content"], max_tokens=12) == tuned_text
 
 
-def test_run_dir_prefers_the_merged_export(tmp_path, model_dir, reference):
+def test_run_dir_serves_its_adapter_and_the_merged_export_by_path(tmp_path, model_dir, reference):
+    """A run is served as what it trained (the adapter, on a shared base: many runs fit one server),
+    whatever else it exported; the merged export is served by naming its directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = _make_run(tmp_path, model_dir, name="merged-run")
@@ -374,7 +380,10 @@ def test_run_dir_prefers_the_merged_export(tmp_path, model_dir, reference):
     AutoModelForCausalLM.from_pretrained(model_dir).save_pretrained(merged)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(merged)
     engine = Engine.from_path(run)
-    assert engine.name == "merged-run" and engine.source == str(merged)
+    assert list(engine.models) == [model_dir.name, "merged-run"] and engine.models["merged-run"].root == str(run / "adapter")
+    engine.close()
+    engine = Engine.from_path(merged)
+    assert list(engine.models) == ["merged"] and engine.source == str(merged)
     text, prompt_tokens, generated = greedy_reference(*reference, CHAT, max_new_tokens=8)
     finish = "length" if generated == 8 else "stop"
     assert engine.chat(CHAT, max_tokens=8, temperature=0) == (text, prompt_tokens, generated, finish)
@@ -400,13 +409,13 @@ def test_recipe_file_serves_its_run(tmp_path, model_dir):
     recipe = tmp_path / "from-recipe.yaml"
     recipe.write_text(yaml.safe_dump({"base_model": str(model_dir), "output_dir": "runs", "data": {"train": "runs/train.jsonl"}}))
     assert run == (tmp_path / "runs" / "from-recipe")
-    assert Engine.from_path(recipe).name == "from-recipe"
+    assert list(Engine.from_path(recipe).models) == [model_dir.name, "from-recipe"]
 
 
 def test_unservable_paths_fail_clearly(tmp_path, model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="neither a run directory nor a model directory"):
+    with pytest.raises(ModelError, match="neither a run, adapter nor model directory"):
         Engine.from_path(tmp_path / "empty")
     # `runs/` exists here, so `runs/nope` is a mistyped run, not a hub id to look up.
     (tmp_path / "runs").mkdir()
@@ -427,10 +436,14 @@ def test_unservable_paths_fail_clearly(tmp_path, model_dir, monkeypatch):
 # ---------------------------------------------------------------- the commands
 
 
+def _address(settings) -> dict:
+    return settings.model_dump(include={"host", "port", "max_new_tokens"})
+
+
 def test_serve_settings_come_from_flags_then_recipe_then_defaults(run_dir, model_dir):
-    assert serve_settings(run_dir, None, None, None).model_dump() == {"host": "127.0.0.1", "port": 9123, "max_new_tokens": 32}
-    assert serve_settings(run_dir, "0.0.0.0", 8080, None).model_dump() == {"host": "0.0.0.0", "port": 8080, "max_new_tokens": 32}
-    assert serve_settings(model_dir, None, None, 100).model_dump() == {"host": "127.0.0.1", "port": 8000, "max_new_tokens": 100}
+    assert _address(serve_settings(run_dir, None, None, None)) == {"host": "127.0.0.1", "port": 9123, "max_new_tokens": 32}
+    assert _address(serve_settings(run_dir, "0.0.0.0", 8080, None)) == {"host": "0.0.0.0", "port": 8080, "max_new_tokens": 32}
+    assert _address(serve_settings(model_dir, None, None, 100)) == {"host": "127.0.0.1", "port": 8000, "max_new_tokens": 100}
 
 
 def test_serve_refuses_a_busy_port_before_loading(tmp_path):
@@ -439,7 +452,7 @@ def test_serve_refuses_a_busy_port_before_loading(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(TunekitError, match=f"cannot listen on 127.0.0.1:{port}"):
-            serve_command(tmp_path / "not-loaded", host="127.0.0.1", port=port, max_new_tokens=None)
+            serve_command([str(tmp_path / "not-loaded")], host="127.0.0.1", port=port, max_new_tokens=None)
 
 
 def test_commands_have_help():

@@ -22,31 +22,85 @@ PLACEHOLDER_API_KEY = "tunekit"  # the server checks no key, but OpenAI clients 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 
+def _yaml_mapping(path: Path) -> dict | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None  # load_recipe reports the file's problem with its line
+    return data if isinstance(data, dict) else None
+
+
+def is_serving_file(path: Path) -> bool:
+    """A serving YAML holds only `serve` keys (host, port, models...); a recipe has a base_model and data."""
+    if not (path.is_file() and path.suffix in (".yaml", ".yml")):
+        return False
+    data = _yaml_mapping(path)
+    return data is not None and bool(data) and set(data) <= set(ServeConfig.model_fields)
+
+
+def _serving_file(path: Path, overrides: list[str]) -> dict:
+    from tunekit.config.recipe import apply_overrides
+
+    data = {"serve": _yaml_mapping(path) or {}}
+    return apply_overrides(data, overrides)["serve"] if overrides else data["serve"]
+
+
 def serve_settings(
     path: Path, host: str | None, port: int | None, max_new_tokens: int | None, overrides: list[str] | None = None
 ) -> ServeConfig:
-    """Command-line values win; then the run's recipe `serve` section (for a run dir or recipe); then defaults.
+    """Command-line values win; then a serving YAML, or the run's recipe `serve` section (for a run dir
+    or recipe); then defaults.
 
-    Every value goes through ServeConfig's validation, so a port out of range is one clear error."""
+    Every value goes through ServeConfig's validation, so a port out of range is one clear error; a
+    relative path in a serving or recipe file means next to that file."""
+    from tunekit.config.common import anchor_paths
+
     base: dict = {}
+    anchor = Path.cwd()
     recipe_file = path / "recipe.yaml" if path.is_dir() else path
-    if recipe_file.is_file() and recipe_file.suffix in (".yaml", ".yml"):
-        base = load_recipe(recipe_file, overrides or [], check_files=False).serve.model_dump()
+    if is_serving_file(path):
+        base, anchor = _serving_file(path, overrides or []), path.resolve().parent
+    elif recipe_file.is_file() and recipe_file.suffix in (".yaml", ".yml"):
+        base = load_recipe(recipe_file, overrides or [], check_files=False).serve.model_dump(exclude_unset=True)
+        anchor = recipe_file.resolve().parent
     elif overrides:
         raise TunekitError(
-            f"--set needs a recipe, and {path} is not a run directory or recipe file",
+            f"--set needs a recipe or serving file, and {path} is neither",
             hint="pass --host, --port or --max-new-tokens instead",
         )
     flags = {"host": host, "port": port, "max_new_tokens": max_new_tokens}
     try:
-        return ServeConfig.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
+        settings = ServeConfig.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else ""
-            given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{name}"
-            problems.append(f"{given}: {error['msg']}")
-        raise TunekitError("; ".join(problems), hint="see `tunekit serve --help` for the accepted values") from None
+            key = ".".join(str(p) for p in error["loc"])
+            given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{key}"
+            problems.append(f"{given}: {error['msg'].removeprefix('Value error, ')}")
+        where = f" in {path}" if base else ""
+        raise TunekitError("; ".join(problems) + where, hint="see `tunekit serve --help` and docs/serving.md") from None
+    anchor_paths(settings, anchor)
+    return settings
+
+
+def served_specs(paths: list[str], settings: ServeConfig, first_is_settings: bool) -> list:
+    """What to load: the command line's paths (NAME=PATH names one), then the settings' models and base."""
+    from tunekit.serve.sources import resolve_source
+
+    specs: list = list(paths[1:] if first_is_settings else paths)
+    if settings.base_model:
+        specs.insert(0, settings.base_model)
+    for entry in settings.models:
+        source = resolve_source(f"{entry.name}={entry.path}")
+        if entry.system_prompt is not None:
+            source.system_prompt = entry.system_prompt
+        specs.append(source)
+    if not specs:
+        raise TunekitError(f"{paths[0]} lists no models to serve", hint="add `models:` entries (name, path) or `base_model:`")
+    return specs
 
 
 def _url_host(host: str) -> str:
@@ -83,10 +137,12 @@ def _print_usage(name: str, base_url: str) -> None:
 
 
 def serve_command(
-    path: Annotated[
-        Path,
+    paths: Annotated[
+        list[str],
         typer.Argument(
-            help="A run directory, a recipe file, a model directory (e.g. export/merged), or a base model name.",
+            help="What to serve: run directories, adapter directories (NAME=PATH to name one), a model directory "
+            "(e.g. export/merged), a base model name, a recipe, or a serving YAML (host, port, models...). "
+            "Adapters must share one base; it is served too.",
             show_default=False,
         ),
     ],
@@ -103,18 +159,26 @@ def serve_command(
     ] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)."""
+    """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     import uvicorn
 
     from tunekit.serve import Engine, create_app
 
-    settings = serve_settings(path, host, port, max_new_tokens, set_)
+    first = Path(paths[0])
+    settings = serve_settings(first, host, port, max_new_tokens, set_)
     _check_port_free(settings.host, settings.port)  # fail before spending time on loading weights
-    with console.status(f"loading {path} ..."):
-        engine = Engine.from_path(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    specs = served_specs(paths, settings, is_serving_file(first))
+    with console.status(f"loading {', '.join(map(str, paths))} ..."):
+        engine = Engine.from_paths(
+            specs, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+            max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_ms / 1000,
+        )
     console.print(f"loaded {escape(engine.source)}", style="dim", soft_wrap=True)
-    app = create_app(engine, max_new_tokens_limit=settings.max_new_tokens)
-    _print_usage(engine.name, f"http://{_url_host(settings.host)}:{settings.port}/v1")
+    app = create_app(engine, max_new_tokens_limit=settings.max_new_tokens, adapter_roots=settings.adapter_roots)
+    names = list(engine.models)
+    _print_usage(names[-1] if len(names) > 1 else names[0], f"http://{_url_host(settings.host)}:{settings.port}/v1")
+    if len(names) > 1:
+        console.print(f"models: {', '.join(escape(n) for n in names)}", soft_wrap=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
@@ -151,7 +215,8 @@ def send_chat(
             served = client.models.list().data
             if not served:
                 raise TunekitError(f"the server at {base_url} serves no model")
-            model = served[0].id
+            adapters = [m.id for m in served if getattr(m, "parent", None)]
+            model = adapters[0] if len(adapters) == 1 else served[0].id  # a served run: its adapter
         extra = {"max_tokens": max_tokens} if max_tokens is not None else {}
         response = client.chat.completions.create(model=model, messages=messages, temperature=temperature, **extra)
     except openai.APIConnectionError:
@@ -173,7 +238,9 @@ def _server_message(exc) -> str:
 def chat_command(
     message: Annotated[str, typer.Argument(help="The user message to send.", show_default=False)],
     url: Annotated[str, typer.Option(help="Base URL of the OpenAI-compatible server.")] = DEFAULT_URL,
-    model: Annotated[Optional[str], typer.Option(help="Model name (default: the first one the server lists).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="Model name (default: the one adapter the server serves, else the first model listed).")
+    ] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt sent before the message.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Most tokens to generate (default: the server's).")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature; 0 is greedy and repeatable.")] = 0.0,

@@ -1,4 +1,5 @@
-"""The HTTP API: OpenAI's /v1/models and /v1/chat/completions (non-streaming), plus /health.
+"""The HTTP API: OpenAI's /v1/models, /v1/chat/completions and /v1/completions (streaming or not),
+vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, and /health.
 
 Every error, including FastAPI's own validation errors, is returned in OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}` so OpenAI clients raise their usual exceptions.
@@ -6,43 +7,66 @@ Every error, including FastAPI's own validation errors, is returned in OpenAI's 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
+import uuid
+from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunekit.serve.engine import ChatTemplateError, Engine, PromptTooLongError
+from tunekit.errors import TunekitError
+from tunekit.serve.gateway import BodySizeLimit, Gateway, GatewayError, Principal
+from tunekit.serve.metrics import ServeMetrics
+from tunekit.serve.requestlog import RequestLog, RequestRecord
+from tunekit.serve.engine import ChatTemplateError, Engine, Generation, PromptTooLongError, Sampling, UnknownModelError
 from tunekit.serve.protocol import (
     AssistantMessage,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChunkChoice,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Delta,
     ErrorDetail,
     ErrorResponse,
+    LoadAdapterRequest,
     ModelCard,
     ModelList,
+    UnloadAdapterRequest,
     Usage,
 )
 
 logger = logging.getLogger("tunekit.serve")
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error", 500: "server_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+    405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+    503: "server_error", 504: "timeout_error",
+}
 _MAX_REPORTED_PROBLEMS = 3
 
 
 class APIError(Exception):
     """An error answered to the client in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     detail = ErrorDetail(message=message, type=_ERROR_TYPES.get(status, "invalid_request_error"), param=param, code=code)
-    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status, headers=headers)
 
 
 def _param_path(loc: tuple) -> str:
@@ -87,80 +111,298 @@ def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.param, exc.code)
+    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
 
 def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    logger.exception("chat completion failed")
+    logger.exception("request failed")
     return error_response(500, f"the server failed to answer: {type(exc).__name__}: {exc}")
 
 
-def _check_model(engine: Engine, requested: str) -> None:
-    if requested != engine.name:
-        raise APIError(
-            404,
-            f"The model `{requested}` does not exist. This server serves: {engine.name}",
-            param="model",
-            code="model_not_found",
-        )
-
-
-def _token_budget(request: ChatCompletionRequest, limit: int) -> int:
+def _token_budget(request, limit: int) -> int:
     budget = request.token_budget or limit
     if budget > limit:
-        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
         raise APIError(400, f"{param}: {budget} is above this server's limit of {limit} tokens", param=param)
     return budget
 
 
-def create_app(engine: Engine, max_new_tokens_limit: int = 256) -> FastAPI:
-    """An OpenAI-compatible app around one engine; `max_new_tokens_limit` is the default and cap of max_tokens."""
+def _sampling(request, limit: int) -> Sampling:
+    return Sampling(
+        max_tokens=_token_budget(request, limit),
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        stop=request.stop,
+        seed=request.seed,
+    )
+
+
+def _usage(gen: Generation) -> Usage:
+    completion = gen.completion_tokens
+    return Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=completion, total_tokens=gen.prompt_tokens + completion)
+
+
+def _sse(payload) -> str:
+    return f"data: {payload.model_dump_json(exclude_none=False)}\n\n"
+
+
+def inside_roots(raw: str, roots: list[Path]) -> Path:
+    """`raw` as a resolved path, only when it lies under one of `roots` (after following symlinks);
+    400 otherwise. A request never names a file outside the folders the operator configured."""
+    if not roots:
+        raise APIError(403, "loading adapters at run time is off: the server has no adapter roots (serve.adapter_roots)")
+    if ".." in Path(raw).parts:
+        raise APIError(400, "lora_path must not contain '..'", param="lora_path")
+    candidates = [Path(raw)] if Path(raw).is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        for root in roots:
+            if resolved.is_relative_to(root.resolve()):
+                if not resolved.exists():
+                    raise APIError(400, f"lora_path {raw} does not exist under the adapter roots", param="lora_path")
+                return resolved
+    raise APIError(400, f"lora_path {raw} is outside the configured adapter roots", param="lora_path")
+
+
+class _Accounting:
+    """One request's trace: metrics and a request-log row when it ends, however it ends."""
+
+    def __init__(self, metrics: ServeMetrics, log: RequestLog | None, model: str, principal: Principal, stream: bool, prompt):
+        self.metrics, self.log, self.model, self.principal, self.stream, self.prompt = metrics, log, model, principal, stream, prompt
+        self.started = time.monotonic()
+        self.gen: Generation | None = None
+        self.adapter = ""
+        self.closed = False
+
+    def finish(self, status: int, ident: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        gen = self.gen
+        elapsed = time.monotonic() - self.started
+        ttft = gen.first_token_at - self.started if gen is not None and gen.first_token_at is not None else None
+        done = gen.completions() if gen is not None else []
+        prompt_tokens = gen.prompt_tokens if gen is not None else 0
+        completion_tokens = gen.completion_tokens if gen is not None else 0
+        self.metrics.record(
+            model=self.model, adapter=self.adapter, status=status, duration_s=elapsed if gen else None, ttft_s=ttft,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        )
+        if self.log is not None:
+            finish = ",".join(sorted({c.finish_reason for c in done})) or None
+            self.log.write(RequestRecord(
+                model=self.model, status=status, adapter=self.adapter or None, key_id=self.principal.key_id,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=elapsed, ttft_s=ttft,
+                finish_reason=finish, stream=self.stream, prompt=self.prompt,
+                output="\n".join(c.text for c in done) if done else None, **({"id": ident} if ident else {}),
+            ))
+
+
+def create_app(
+    engine: Engine,
+    max_new_tokens_limit: int = 256,
+    *,
+    adapter_roots: list[Path] | None = None,
+    gateway: Gateway | None = None,
+    metrics: ServeMetrics | None = None,
+    request_log: RequestLog | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible app around an engine.
+
+    `max_new_tokens_limit` is the default and cap of max_tokens; adapters load at run time only from
+    under `adapter_roots`; `gateway` holds the API keys and limits (default: no keys, no limits, and
+    no admin routes); `metrics` is served at /metrics; `request_log` gets one row per completion."""
     app = FastAPI(title=f"tunekit: {engine.name}", docs_url="/docs", redoc_url=None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    gateway = gateway or Gateway()
+    gateway.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=gateway.settings.max_body_bytes)
+    metrics = metrics or ServeMetrics()
+    metrics.set_queue_depth_function(lambda: engine.queue_depth)
+    roots = [Path(r) for r in adapter_roots or []]
+    app.state.engine, app.state.gateway, app.state.metrics, app.state.request_log = engine, gateway, metrics, request_log
+
+    def card(name: str) -> ModelCard:
+        served = engine.served(name)
+        return ModelCard(id=served.name, created=served.created, root=served.root, parent=served.parent)
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": engine.name}
+        return {"status": "ok", "model": engine.name, "models": list(engine.models), "queue_depth": engine.queue_depth}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
-    def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=engine.name, created=engine.created)])
+    def list_models(principal: Principal = Depends(gateway.user)) -> ModelList:
+        return ModelList(data=[card(name) for name in list(engine.models)])
 
-    @app.get("/v1/models/{model}")
-    def get_model(model: str) -> ModelCard:
-        _check_model(engine, model)
-        return ModelCard(id=engine.name, created=engine.created)
-
-    # A plain `def`: FastAPI runs it in its thread pool, so generation never blocks the event loop.
-    @app.post("/v1/chat/completions")
-    def chat_completions(request: ChatCompletionRequest) -> ChatCompletionResponse:
-        _check_model(engine, request.model)
-        budget = _token_budget(request, max_new_tokens_limit)
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    @app.get("/v1/models/{model:path}")
+    def get_model(model: str, principal: Principal = Depends(gateway.user)) -> ModelCard:
         try:
-            result = engine.chat(
-                messages,
-                max_tokens=budget,
-                temperature=1.0 if request.temperature is None else request.temperature,
-                top_p=1.0 if request.top_p is None else request.top_p,
-                stop=request.stop,
-                seed=request.seed,
-            )
+            return card(model)
+        except UnknownModelError as exc:
+            raise APIError(404, exc.message, param="model", code="model_not_found") from None
+
+    def start(track: _Accounting, encode, sampling: Sampling, n: int, param: str) -> Generation:
+        try:
+            served = engine.served(track.model)
+            track.adapter = served.adapter if served.kind == "adapter" else ""
+            prompt = encode(track.model)
+            gateway.check_prompt_length(tokens=len(prompt), param=param)
+            track.gen = engine.submit(track.model, prompt, sampling, n=n, loop=asyncio.get_running_loop())
+            return track.gen
+        except UnknownModelError as exc:
+            raise APIError(404, exc.message, param="model", code="model_not_found") from None
         except PromptTooLongError as exc:
-            raise APIError(400, exc.message, param="messages", code="context_length_exceeded") from None
+            raise APIError(400, exc.message, param=param, code="context_length_exceeded") from None
         except ChatTemplateError as exc:
-            raise APIError(400, exc.message, param="messages") from None
-        return ChatCompletionResponse(
-            model=engine.name,
-            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=result.prompt_tokens + result.completion_tokens,
-            ),
-        )
+            raise APIError(400, exc.message, param=param) from None
+
+    async def answer(request, principal: Principal, encode, param: str, prompt_content, respond, chunk_of):
+        """Admit, generate and account for one completion request (chat or text)."""
+        track = _Accounting(metrics, request_log, request.model, principal, bool(request.stream), prompt_content)
+        slot = None
+        try:
+            slot = gateway.admit(principal)
+            gen = start(track, encode, _sampling(request, max_new_tokens_limit), request.n or 1, param)
+        except (APIError, GatewayError) as exc:
+            if slot is not None:
+                slot.release()
+            track.finish(exc.status)
+            raise
+        ident = f"{'chatcmpl' if param == 'messages' else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return stream(gen, track, slot, include_usage, lambda *a: chunk_of(ident, created, *a))
+        status = 500
+        try:
+            with metrics.in_flight(track.model, track.adapter):
+                await gateway.with_timeout(collect(gen))
+            status = 200
+            return respond(ident, created, gen)
+        except GatewayError as exc:
+            status = exc.status
+            raise
+        finally:
+            slot.release()
+            track.finish(status, ident)
+
+    async def collect(gen: Generation) -> None:
+        try:
+            async for _ in gen.aevents():
+                pass
+        except asyncio.CancelledError:
+            gen.cancel()  # timed out, or the client went away
+            raise
+
+    def stream(gen: Generation, track: _Accounting, slot, include_usage: bool, chunk_of) -> StreamingResponse:
+        deadline = time.monotonic() + gateway.timeout_s
+
+        async def events():
+            status = 499  # the client went away before the end
+            try:
+                with metrics.in_flight(track.model, track.adapter):
+                    for index in range(gen.n):
+                        first = chunk_of(index, "", None, True)
+                        if first is not None:
+                            yield _sse(first)
+                    async for event in gen.aevents():
+                        if time.monotonic() > deadline:
+                            status = 504
+                            yield f"data: {json.dumps(gateway.timeout_error().body())}\n\n"
+                            return
+                        if event.finish_reason == "cancelled":
+                            continue
+                        yield _sse(chunk_of(event.index, event.text, event.finish_reason, False))
+                    if include_usage:
+                        yield _sse(chunk_of(None, "", None, False).model_copy(update={"choices": [], "usage": _usage(gen)}))
+                    yield "data: [DONE]\n\n"
+                    status = 200
+            finally:
+                gen.cancel()  # the client went away (or we are done): stop generating for it
+                slot.release()
+                track.finish(status)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest, principal: Principal = Depends(gateway.user)):
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+
+        def respond(ident, created, gen):
+            return ChatCompletionResponse(
+                id=ident, created=created, model=request.model,
+                choices=[
+                    Choice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+                    for i, c in enumerate(gen.completions())
+                ],
+                usage=_usage(gen),
+            )
+
+        def chunk(ident, created, index, text, finish, first):
+            choices = [] if index is None else [
+                ChunkChoice(index=index, delta=Delta(role="assistant", content="") if first else Delta(content=text or None),
+                            finish_reason=finish)
+            ]
+            return ChatCompletionChunk(id=ident, created=created, model=request.model, choices=choices)
+
+        encode = lambda name: engine.encode_chat(messages, name)  # noqa: E731
+        return await answer(request, principal, encode, "messages", messages, respond, chunk)
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest, principal: Principal = Depends(gateway.user)):
+        def respond(ident, created, gen):
+            return CompletionResponse(
+                id=ident, created=created, model=request.model,
+                choices=[CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(gen.completions())],
+                usage=_usage(gen),
+            )
+
+        def chunk(ident, created, index, text, finish, first):
+            if first:
+                return None
+            choices = [] if index is None else [CompletionChoice(index=index, text=text, finish_reason=finish)]
+            return CompletionResponse(id=ident, created=created, model=request.model, choices=choices)
+
+        encode = lambda name: _text_prompt(engine, name, request.prompt)  # noqa: E731
+        return await answer(request, principal, encode, "prompt", request.prompt, respond, chunk)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: LoadAdapterRequest, principal: Principal = Depends(gateway.admin)) -> dict:
+        from tunekit.serve.sources import resolve_source
+
+        path = inside_roots(request.lora_path, roots)
+        started = time.monotonic()
+        try:
+            source = resolve_source(str(path), allow_pickle=False)
+            if source.kind != "adapter":
+                raise APIError(400, f"{request.lora_path} holds a complete model, not an adapter", param="lora_path")
+            source.name = request.lora_name
+            if request.system_prompt is not None:
+                source.system_prompt = request.system_prompt
+            await asyncio.to_thread(engine.add_adapter, source)
+        except TunekitError as exc:
+            raise APIError(400, exc.message + (f" ({exc.hint})" if exc.hint else ""), param="lora_path") from None
+        return {"status": "loaded", "lora_name": request.lora_name, "load_s": round(time.monotonic() - started, 3)}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: UnloadAdapterRequest, principal: Principal = Depends(gateway.admin)) -> dict:
+        try:
+            await asyncio.to_thread(engine.remove_adapter, request.lora_name)
+        except UnknownModelError as exc:
+            raise APIError(404, exc.message, param="lora_name", code="model_not_found") from None
+        return {"status": "unloaded", "lora_name": request.lora_name}
 
     return app
+
+
+def _text_prompt(engine: Engine, model: str, prompt: str) -> list[int]:
+    engine.served(model)  # 404 before tokenizing for a model that is not here
+    return engine.encode_text(prompt)

@@ -1,4 +1,4 @@
-"""Request and response models of the OpenAI chat completions API (the non-streaming subset).
+"""Request and response models of the OpenAI chat and text completions APIs, streaming included.
 
 Requests are validated strictly: a key OpenAI does not know is rejected, as OpenAI itself does
 ("Unrecognized request argument supplied"). Real OpenAI parameters this server does not implement
@@ -73,6 +73,14 @@ def _neutral(name: str, value: Any, neutral: tuple) -> Any:
     return value
 
 
+MAX_CHOICES = 8
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # OpenAI's padding of chunks; nothing to hide on loopback
+
+
 class ChatCompletionRequest(_Strict):
     model: str = Field(description="A model name from /v1/models.")
     messages: list[ChatMessage] = Field(description="The conversation so far.")
@@ -82,8 +90,9 @@ class ChatCompletionRequest(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass; default 1.")
     stop: list[str] | None = Field(None, description="A string or up to 4 strings; the answer ends before the first one.")
     seed: int | None = Field(None, description="Makes sampling reproducible.")
-    stream: bool | None = Field(None, description="Only false: streaming is not supported.")
-    n: int | None = Field(None, description="Only 1.")
+    stream: bool | None = Field(None, description="Send the answer as server-sent events, chunk by chunk.")
+    stream_options: StreamOptions | None = Field(None, description="With stream: include_usage adds a last chunk with usage.")
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES, description=f"Choices to generate (1 to {MAX_CHOICES}).")
     # Real OpenAI parameters without effect here; accepted so common clients work unchanged.
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -103,20 +112,6 @@ class ChatCompletionRequest(_Strict):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("streaming is not supported by this server; send stream=false (the default)")
-        return value
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError(f"n={value} is not supported; this server returns exactly one choice (n=1)")
-        return value
 
     @field_validator("messages")
     @classmethod
@@ -156,6 +151,8 @@ class ChatCompletionRequest(_Strict):
             raise ValueError("tool and function calling are not supported by this server")
         if self.max_tokens and self.max_completion_tokens and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_tokens and max_completion_tokens disagree; pass only one of them")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
         return self
 
     @property
@@ -172,10 +169,13 @@ class AssistantMessage(BaseModel):
     refusal: None = None
 
 
+FinishReason = Literal["stop", "length"]
+
+
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: None = None
 
 
@@ -195,11 +195,120 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
 
 
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionRequest(_Strict):
+    """OpenAI's legacy /v1/completions: raw text in, text out (no chat template)."""
+
+    model: str
+    prompt: str | list[str] = Field(description="The text to continue (one prompt; a list of one is accepted).")
+    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (OpenAI's default is 16).")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    echo: bool | None = None
+    user: str | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+    logit_bias: dict[str, float] | None = None
+
+    _stop_list = field_validator("stop", mode="before")(ChatCompletionRequest._stop_list.__func__)
+    _stop_limits = field_validator("stop")(ChatCompletionRequest._stop_limits.__func__)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str:
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError(f"send one prompt per request (got a list of {len(value)})")
+            value = value[0]
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _neutral_values(self) -> "CompletionRequest":
+        _neutral("frequency_penalty", self.frequency_penalty, (0, 0.0))
+        _neutral("presence_penalty", self.presence_penalty, (0, 0.0))
+        _neutral("logprobs", self.logprobs, (0,))
+        _neutral("best_of", self.best_of, (1,))
+        _neutral("echo", self.echo, (False,))
+        _neutral("suffix", self.suffix, ("",))
+        if self.logit_bias:
+            raise ValueError("`logit_bias` is not supported by this server")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
+        return self
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_tokens
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class LoadAdapterRequest(_Strict):
+    """vLLM's /v1/load_lora_adapter body."""
+
+    lora_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    lora_path: str = Field(min_length=1)
+    system_prompt: str | None = None
+
+
+class UnloadAdapterRequest(_Strict):
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None  # vLLM sends it; names are what tunekit goes by
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tunekit"
+    root: str | None = None  # where the weights came from
+    parent: str | None = None  # for an adapter: the base model's id
 
 
 class ModelList(BaseModel):
