@@ -40,10 +40,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(engine: Engine, limit: int = LIMIT):
-    """The real app under uvicorn in a background thread; yields the /v1 base URL."""
+def running_server(engine: Engine, limit: int = LIMIT, app=None):
+    """The real app (`app`, or a plain one around `engine`) under uvicorn in a background thread; yields the /v1 base URL."""
     port = _free_port()
-    app = create_app(engine, max_new_tokens_limit=limit)
+    app = app or create_app(engine, max_new_tokens_limit=limit)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

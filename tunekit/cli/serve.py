@@ -86,6 +86,19 @@ def serve_settings(
     return settings
 
 
+def gateway_of(settings: ServeConfig):
+    """The gateway (keys, limits) and request log the serve settings ask for; refuses an open server
+    (no keys) on a non-loopback interface."""
+    from tunekit.serve.gateway import Gateway, GatewaySettings
+    from tunekit.serve.requestlog import RequestLog
+
+    fields = settings.model_dump(include=set(GatewaySettings.model_fields))
+    gateway = Gateway.from_settings(GatewaySettings(**fields))
+    gateway.check_exposure(settings.host)
+    log = RequestLog(settings.request_log, log_content=settings.log_content) if settings.request_log else None
+    return gateway, log
+
+
 def served_specs(paths: list[str], settings: ServeConfig, first_is_settings: bool) -> list:
     """What to load: the command line's paths (NAME=PATH names one), then the settings' models and base."""
     from tunekit.serve.sources import resolve_source
@@ -167,6 +180,7 @@ def serve_command(
     first = Path(paths[0])
     settings = serve_settings(first, host, port, max_new_tokens, set_)
     _check_port_free(settings.host, settings.port)  # fail before spending time on loading weights
+    gateway, request_log = gateway_of(settings)
     specs = served_specs(paths, settings, is_serving_file(first))
     with console.status(f"loading {', '.join(map(str, paths))} ..."):
         engine = Engine.from_paths(
@@ -174,7 +188,10 @@ def serve_command(
             max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_ms / 1000,
         )
     console.print(f"loaded {escape(engine.source)}", style="dim", soft_wrap=True)
-    app = create_app(engine, max_new_tokens_limit=settings.max_new_tokens, adapter_roots=settings.adapter_roots)
+    app = create_app(
+        engine, max_new_tokens_limit=settings.max_new_tokens, adapter_roots=settings.adapter_roots,
+        gateway=gateway, request_log=request_log,
+    )
     names = list(engine.models)
     _print_usage(names[-1] if len(names) > 1 else names[0], f"http://{_url_host(settings.host)}:{settings.port}/v1")
     if len(names) > 1:

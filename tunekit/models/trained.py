@@ -78,6 +78,7 @@ def attach_adapter(model, adapter_dir: Path, base_label: str, *, name: str = "de
     as it was.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     check_adapter_dir(adapter_dir, allow_pickle=allow_pickle)
     try:
@@ -85,7 +86,7 @@ def attach_adapter(model, adapter_dir: Path, base_label: str, *, name: str = "de
             model.load_adapter(str(adapter_dir), adapter_name=name)
             return model
         return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:  # shape mismatch, unknown modules, bad file
+    except (RuntimeError, ValueError, KeyError, OSError, SafetensorError) as exc:  # other shapes or modules, a corrupt file
         if isinstance(model, PeftModel) and name in getattr(model, "peft_config", {}):
             model.delete_adapter(name)  # a half-loaded adapter must not stay behind
         first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
