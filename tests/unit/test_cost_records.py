@@ -44,11 +44,13 @@ def benchmark_file(path, rates=(3.5, 6.25)):
 
 
 def request_log(path, hours=24, prompt=(200, 400), output=(50, 150)):
-    """One request an hour for `hours` hours, alternating between two prompt and output sizes."""
+    """JSONL rows in the shape of the serve request log: one request an hour for `hours` hours,
+    alternating between two prompt and output sizes."""
     rows = [
-        {"time": (START + dt.timedelta(hours=h)).isoformat(), "model": "triage", "prompt_tokens": prompt[h % 2], "output_tokens": output[h % 2]}
+        {"created": (START + dt.timedelta(hours=h)).isoformat(), "model": "triage", "prompt_tokens": prompt[h % 2],
+         "completion_tokens": output[h % 2], "status": 200}
         for h in range(hours + 1)
-    ]
+    ]  # fmt: skip
     write_jsonl(path, rows)
     return path
 
@@ -114,16 +116,23 @@ def test_benchmark_and_request_log_give_throughput_volume_and_tokens(tmp_path):
     assert report.finetuned_per_request == pytest.approx(0.565 / (6.25 * 3600))
 
 
-def test_the_request_log_may_be_a_sqlite_table(tmp_path):
+def test_the_request_log_of_tunekit_serve(tmp_path):
+    from tunekit.serve.requestlog import RequestLog, RequestRecord
+
     db = tmp_path / "requests.db"
-    with sqlite3.connect(db) as connection:
-        connection.execute("CREATE TABLE requests (id TEXT, time TEXT, model TEXT, prompt_tokens INT, output_tokens INT)")
-        for h in range(49):
-            model = "triage" if h % 2 == 0 else "other"
-            connection.execute("INSERT INTO requests VALUES (?, ?, ?, ?, ?)", (str(h), (START + dt.timedelta(minutes=30 * h)).isoformat(), model, 100, 20))
+    start = START.timestamp()
+    with RequestLog(db) as log:
+        for h in range(25):  # one answered triage request an hour for a day, with refusals and another model between
+            log.write(RequestRecord(model="triage", created=start + 3600 * h, prompt_tokens=120, completion_tokens=30, status=200))
+            log.write(RequestRecord(model="triage", created=start + 3600 * h + 60, status=429))
+            log.write(RequestRecord(model="other", created=start + 3600 * h + 120, prompt_tokens=9999, completion_tokens=9999))
     inputs = load_inputs(request_log=db, log_model="triage")
-    assert inputs.traffic.requests_per_day == pytest.approx(24.0)  # 25 triage rows an hour apart over 24 hours
-    assert f"{db}: table requests: 25 rows where model = triage" in inputs.sources["traffic.requests_per_day"]
+    assert inputs.traffic.requests_per_day == pytest.approx(24.0)  # 25 answered rows an hour apart over 24 hours
+    assert (inputs.traffic.input_tokens, inputs.traffic.output_tokens) == (120, 30)
+    source = inputs.sources["traffic.requests_per_day"]
+    assert source.startswith(f"{db}: table requests: 25 rows where model = triage (25 refused, not counted), 2026-05-01T00:00:00+00:00")
+    everything = load_inputs(request_log=db)
+    assert everything.traffic.requests_per_day == pytest.approx(49 * 86400 / (24 * 3600 + 120))
 
 
 def test_the_cli_reads_the_run_the_benchmark_and_the_log(trained_run, tmp_path):
@@ -140,12 +149,14 @@ def test_the_cli_reads_the_run_the_benchmark_and_the_log(trained_run, tmp_path):
 @pytest.mark.parametrize(
     ("rows", "expected"),
     [
-        ([{"time": "2026-05-01T00:00:00Z", "prompt_tokens": 1}], "line 1: missing output_tokens"),
-        ([{"time": "2026-05-01T00:00:00Z", "prompt_tokens": 1, "output_tokens": 1}] * 2, "span 0 minutes, too short"),
-        (['{"time": "2026-05-01T00:00:00Z", "prompt_tokens": 1, "output_tokens": 1}', "{oops"], "line 2: invalid JSON"),
-        ([{"time": "yesterday", "prompt_tokens": 1, "output_tokens": 1}] * 2, "line 1: time: 'yesterday' is not an ISO 8601 time"),
+        ([{"created": "2026-05-01T00:00:00Z", "prompt_tokens": 1}], "line 1: missing completion_tokens"),
+        ([{"created": "2026-05-01T00:00:00Z", "prompt_tokens": 1, "completion_tokens": 1}] * 2, "span 0 minutes, too short"),
+        (['{"created": 1777593600, "prompt_tokens": 1, "completion_tokens": 1}', "{oops"], "line 2: invalid JSON"),
+        ([{"created": "yesterday", "prompt_tokens": 1, "completion_tokens": 1}] * 2, "line 1: created: 'yesterday' is not a unix time"),
+        ([{"created": 1777593600 + 7200 * i, "prompt_tokens": 1, "completion_tokens": 1, "status": 503} for i in range(3)],
+         "0 answered request row"),
     ],
-    ids=["missing-column", "too-short", "bad-json", "bad-time"],
+    ids=["missing-column", "too-short", "bad-json", "bad-time", "all-refused"],
 )
 def test_a_bad_request_log_is_named_by_line(tmp_path, rows, expected):
     write_jsonl(tmp_path / "log.jsonl", rows)

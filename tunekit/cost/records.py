@@ -1,17 +1,16 @@
 """Cost inputs read from tunekit's own records: a run directory, an estimate, a serving benchmark,
 a request log. Each reader returns a `Layer`: dotted input keys -> (value, where it came from).
 
-The request log is read as per-request rows (JSONL, or the SQLite table `requests`) with the
-columns issue #14's gateway log names: `time`, `prompt_tokens`, `output_tokens` (and optionally
-`model`). That log is not written by `tunekit serve` yet; when it lands, this reader must be
-pointed at its file and columns.
+The request log is the SQLite file `tunekit serve` writes (tunekit.serve.requestlog, read with its
+own reader), or JSONL rows with the same columns: `created` (unix time or ISO 8601),
+`prompt_tokens`, `completion_tokens`, and optionally `model` and `status`. Refused requests
+(status 400 and up) are not traffic the model served, so they are not counted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import statistics
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tunekit.errors import TunekitError
 from tunekit.runs import RunPaths
 
 Layer = dict[str, tuple[object, str]]
-LOG_COLUMNS = ("time", "prompt_tokens", "output_tokens")
+LOG_COLUMNS = ("created", "prompt_tokens", "completion_tokens")
 MIN_LOG_SPAN_S = 3600  # below an hour of traffic, a daily volume is a guess
 
 
@@ -154,63 +153,57 @@ def _timestamp(value, where: str) -> float:
             pass
         else:
             return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)).timestamp()
-    raise TunekitError(f"{where}: time: {value!r} is not an ISO 8601 time or epoch seconds", hint="write times like 2026-05-01T12:00:00Z")
+    raise TunekitError(f"{where}: created: {value!r} is not a unix time or an ISO 8601 time", hint="write times like 2026-05-01T12:00:00Z")
 
 
 def _log_rows(path: Path, model: str | None) -> tuple[list[dict], str]:
+    """(rows, each with `_where`, and a description of the log) of a SQLite request log or JSONL rows."""
     with path.open("rb") as fh:
         is_sqlite = fh.read(16) == b"SQLite format 3\x00"
-    if not is_sqlite:
-        rows = []
-        for number, row in _rows_of(path):
-            missing = [c for c in LOG_COLUMNS if c not in row]
-            if missing:
-                raise TunekitError(f"{path}: line {number}: missing {', '.join(missing)}", hint=f"each request row needs {', '.join(LOG_COLUMNS)}")
-            rows.append({**row, "_where": f"{path}: line {number}"})
-        return [r for r in rows if model is None or r.get("model") == model], f"{path}"
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
-        if not columns:
-            raise TunekitError(f"{path}: no table `requests`", hint="point --request-log at the gateway's request log")
-        missing = [c for c in (*LOG_COLUMNS, *(["model"] if model else [])) if c not in columns]
+    if is_sqlite:
+        from tunekit.serve.requestlog import read_rows
+
+        rows = [{**row, "_where": f"{path}: requests id {row['id']}"} for row in read_rows(path, model=model)]
+        return rows, f"{path}: table requests"
+    rows = []
+    for number, row in _rows_of(path):
+        missing = [c for c in LOG_COLUMNS if c not in row]
         if missing:
-            raise TunekitError(f"{path}: table requests has no column {', '.join(missing)}", hint=f"the reader needs {', '.join(LOG_COLUMNS)}")
-        where, args = ("WHERE model = ?", (model,)) if model else ("", ())
-        cursor = connection.execute(f"SELECT rowid, time, prompt_tokens, output_tokens FROM requests {where}", args)
-        rows = [{"time": t, "prompt_tokens": p, "output_tokens": o, "_where": f"{path}: requests rowid {i}"} for i, t, p, o in cursor]
-    finally:
-        connection.close()
-    return rows, f"{path}: table requests"
+            raise TunekitError(f"{path}: line {number}: missing {', '.join(missing)}", hint=f"each request row needs {', '.join(LOG_COLUMNS)}")
+        if model is None or row.get("model") == model:
+            rows.append({**row, "_where": f"{path}: line {number}"})
+    return rows, str(path)
 
 
 def from_request_log(path: Path, model: str | None = None) -> Layer:
-    """Requests per day and mean prompt / output tokens from per-request rows."""
+    """Requests per day and mean prompt / completion tokens of the answered requests of a log."""
     path = Path(path)
     if not path.is_file():
-        raise TunekitError(f"{path}: request log not found", hint="pass a JSONL file or SQLite database of per-request rows")
-    rows, origin = _log_rows(path, model)
+        raise TunekitError(f"{path}: request log not found", hint="pass the SQLite request log of `tunekit serve`, or a JSONL file of its rows")
+    logged, origin = _log_rows(path, model)
+    rows = [r for r in logged if not isinstance(r.get("status"), int) or r["status"] < 400]
     picked = f" where model = {model}" if model else ""
+    refused = f" ({len(logged) - len(rows):,} refused, not counted)" if len(rows) < len(logged) else ""
     if len(rows) < 2:
-        raise TunekitError(f"{origin}: {len(rows)} request row(s){picked}: too few to measure a volume", hint="give --requests-per-day")
-    times = sorted(_timestamp(r["time"], r["_where"]) for r in rows)
+        raise TunekitError(f"{origin}: {len(rows)} answered request row(s){picked}: too few to measure a volume", hint="give --requests-per-day")
+    times = sorted(_timestamp(r["created"], r["_where"]) for r in rows)
     span = times[-1] - times[0]
     if span < MIN_LOG_SPAN_S:
         raise TunekitError(
             f"{origin}: the {len(rows)} requests{picked} span {span / 60:.0f} minutes, too short to measure a daily volume",
             hint="log at least an hour of traffic, or give --requests-per-day",
         )
-    for key in ("prompt_tokens", "output_tokens"):
+    for key in ("prompt_tokens", "completion_tokens"):
         bad = next((r for r in rows if not isinstance(r[key], (int, float)) or r[key] < 0), None)
         if bad is not None:
             raise TunekitError(f"{bad['_where']}: {key}: {bad[key]!r} is not a token count", hint="token counts are whole numbers >= 0")
     first, last = (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds") for t in (times[0], times[-1]))
-    described = f"{origin}: {len(rows):,} rows{picked}, {first} to {last}"
+    described = f"{origin}: {len(rows):,} rows{picked}{refused}, {first} to {last}"
     # The rate between the first and the last request: n - 1 intervals over the span.
     per_day = (len(rows) - 1) * 86400 / span
     extrapolated = f", extrapolated from {span / 3600:.1f} hours" if span < 86400 else ""
     return {
         "traffic.requests_per_day": (per_day, f"{described}: (rows - 1) x 86400 / span{extrapolated}"),
         "traffic.input_tokens": (statistics.fmean(r["prompt_tokens"] for r in rows), f"{described}: mean prompt_tokens"),
-        "traffic.output_tokens": (statistics.fmean(r["output_tokens"] for r in rows), f"{described}: mean output_tokens"),
+        "traffic.output_tokens": (statistics.fmean(r["completion_tokens"] for r in rows), f"{described}: mean completion_tokens"),
     }
