@@ -247,7 +247,7 @@ class Engine:
     def add_adapter(self, source: Source) -> ServedModel:
         """Attach an adapter of this base under `source.name`, between decode steps. ModelError when it
         does not fit (other base, corrupt or pickled weights); the server keeps serving the others."""
-        from tunekit.models.trained import attach_adapter, check_adapter_dir, tokenizer_source
+        from tunekit.models.trained import attach_adapter, check_adapter_dir
         from tunekit.serve.sources import same_base
 
         with self._registry_lock:
@@ -260,7 +260,7 @@ class Engine:
             )
         adapter_dir = Path(source.path)
         check_adapter_dir(adapter_dir, allow_pickle=source.allow_pickle)
-        tokenizer = self._adapter_tokenizer(adapter_dir, tokenizer_source)
+        tokenizer = self._adapter_tokenizer(adapter_dir)
         with self._model_lock:
             self.model = attach_adapter(
                 self.model, adapter_dir, self.base_source.name, name=source.name, allow_pickle=source.allow_pickle
@@ -271,12 +271,13 @@ class Engine:
             self.models[source.name] = served
         return served
 
-    def _adapter_tokenizer(self, adapter_dir: Path, tokenizer_source):
+    def _adapter_tokenizer(self, adapter_dir: Path):
         """The adapter's own tokenizer when training saved one (its chat template wins); it must share the base's vocabulary."""
         from tunekit.models import load_tokenizer
+        from tunekit.models.trained import tokenizer_source
 
-        source = tokenizer_source(adapter_dir, "")
-        if not source:
+        source = tokenizer_source(adapter_dir, self.base_source.path)
+        if source == self.base_source.path:
             return self.tokenizer
         tokenizer = load_tokenizer(source, trust_remote_code=self.base_source.trust_remote_code)
         if len(tokenizer) != len(self.tokenizer):

@@ -31,10 +31,6 @@ class Source:
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
-    @property
-    def root(self) -> str:
-        return self.path
-
 
 def _looks_local(name: str) -> bool:
     """A missing path that cannot be a hub id (`org/model`), or whose first folder exists here:
