@@ -36,3 +36,7 @@ class ModelError(TunekitError):
 
 class RunDirError(TunekitError):
     """A run directory is missing a stage's output, or would be overwritten."""
+
+
+class RegistryError(TunekitError):
+    """A registry request cannot be done: unknown model, version or alias, a protected alias, a refused promotion."""

@@ -47,12 +47,13 @@ def _quiet_libraries() -> None:
 def _register() -> None:
     # (module, how it attaches): a typer sub-app becomes a group, otherwise its commands are top level.
     from tunekit.cli import data, eval as eval_cmd, export, run, serve, train
-    from tunekit.cli import cost, estimate
+    from tunekit.cli import cost, estimate, registry
 
     COMMANDS = [run, train, eval_cmd, export, serve, estimate, cost]
     for module in COMMANDS:
         module.register(app)
     app.add_typer(data.app, name="data", help="Prepare and audit training data.")
+    app.add_typer(registry.app, name="registry", help="Model versions, aliases, promotion through gates, rollback.")
 
 
 def _end_process_group() -> None:
