@@ -50,3 +50,6 @@ def test_endpoint_answers_equal_local_answers(model_dir, tmp_path):  # noqa: F81
         # A model name the server does not serve: one clear error, exit 1.
         result = CliRunner().invoke(app, ["eval", str(run.root), "--endpoint", url, "--endpoint-model", "nope"])
         assert result.exit_code == 1 and "eval.endpoint: the request to" in str(result.exception)
+        # Without --endpoint-model the run's name is asked for (what `tunekit serve RUN` serves it as).
+        result = CliRunner().invoke(app, ["eval", str(run.root), "--endpoint", url])
+        assert result.exit_code == 1 and "for model 'ep' failed" in str(result.exception)

@@ -70,6 +70,28 @@ def test_overrides_are_validated_like_the_file(tmp_path):
         load_recipe(recipe_file, ["train.lora.rank=8"])
 
 
+def test_override_values_are_yaml_and_a_comma_string_is_not_a_list(tmp_path):
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("data:\n  train: t.jsonl\n")
+    recipe = load_recipe(recipe_file, ["train.lora.target_modules=[q_proj,v_proj]", "train.gradient_checkpointing=false",
+                                       "train.learning_rate=1e-4", "eval.max_examples=null"])
+    assert recipe.train.lora.target_modules == ["q_proj", "v_proj"]
+    assert (recipe.train.gradient_checkpointing, recipe.train.learning_rate, recipe.eval.max_examples) == (False, 1e-4, None)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["train.lora.target_modules=q_proj,v_proj"])
+    assert info.value.problems == [
+        "train.lora.target_modules: 'q_proj,v_proj' is one name; a list is written in YAML: [q_proj, v_proj] "
+        "(--set train.lora.target_modules=[q_proj,v_proj]) (got 'q_proj,v_proj')"
+    ]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["export.formats=merged,gguf"])
+    assert info.value.problems == ["export.formats: Input should be a valid list (got 'merged,gguf'; a list is written in YAML: [merged, gguf])"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe_file, ["train.lora.target_modules=[q_proj"])
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("train.lora.target_modules: '[q_proj' is not a YAML value")
+
+
 def test_resolved_recipe_round_trips(tmp_path):
     (tmp_path / "t.jsonl").write_text("{}\n")
     recipe_file = tmp_path / "r.yaml"

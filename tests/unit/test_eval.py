@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,36 @@ def test_evaluate_writes_report_and_predictions(run_dir, tiny_model_dir):
         assert timing["generated_tokens"] <= MAX_NEW * len(TICKETS) and timing["seconds"] > 0
 
 
+def test_answers_cut_at_the_budget_are_counted_and_the_default_budget_fits_the_references(run_dir, tiny_model_dir, capsys):
+    from transformers import AutoTokenizer
+
+    from tunekit.console import console
+
+    # A random tiny model never ends its answer: every answer runs into max_new_tokens.
+    with console.capture() as captured:
+        report, predictions = _eval(run_dir)
+    assert {p["tuned_finish_reason"] for p in predictions} == {p["base_finish_reason"] for p in predictions} == {"length"}
+    assert all(p["tuned_tokens"] == MAX_NEW for p in predictions)
+    assert report["truncated"] == {"tuned": {"n": 5, "of": 5}, "base": {"n": 5, "of": 5}}
+    assert report["metrics"]["task.truncated_share"] == report["metrics"]["base.task.truncated_share"] == 1.0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    longest = max(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1 for _, answer in TICKETS)
+    assert report["settings"]["reference_tokens_max"] == longest
+    assert f"5 of 5 tuned answers were cut at max_new_tokens={MAX_NEW} (references are up to {longest} tokens)" in captured.get()
+
+    # No eval.max_new_tokens: the budget comes from the references (a quarter more, plus 16).
+    report, predictions = _eval(run_dir, "eval.max_new_tokens=null", "eval.compare_base=false")
+    assert report["settings"]["max_new_tokens"] == math.ceil(longest * 1.25) + 16
+    assert report["settings"]["max_new_tokens_from"] == "references"
+    assert all(p["tuned_tokens"] <= report["settings"]["max_new_tokens"] for p in predictions)
+
+    # A gate can fail on it.
+    from tunekit.eval.gates import GateFailure
+
+    with pytest.raises(GateFailure):
+        _eval(run_dir, "eval.gates=[task.truncated_share <= 0.1]")
+
+
 def test_batched_left_padded_generation_equals_one_by_one(run_dir):
     _, batched = _eval(run_dir, "eval.batch_size=4")
     _, single = _eval(run_dir, "eval.batch_size=1")
@@ -227,6 +258,19 @@ def test_missing_stage_outputs_name_the_command_to_run(run_dir):
     with pytest.raises(RunDirError) as err:
         evaluate(recipe, run)
     assert "tunekit train" in err.value.hint
+
+
+def test_a_run_without_a_test_split_has_no_task_eval_and_says_so(run_dir):
+    from tunekit.console import console
+    from tunekit.eval import evaluate
+
+    recipe = load_recipe(run_dir)
+    run = RunPaths(recipe.run_dir)
+    run.split("test").rename(run.split("train"))  # prepared data without a test split
+    with console.capture() as captured:
+        result = evaluate(recipe, run)
+    assert result.skipped and result.passed and result.n_examples == 0 and not run.eval_report.exists()
+    assert "eval skipped: no test split in" in captured.get() and "data.test_fraction" in captured.get()
 
 
 def test_cli_eval_max_examples(run_dir):

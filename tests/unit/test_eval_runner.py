@@ -59,7 +59,8 @@ def test_report_recounts_from_predictions_and_excludes_contamination(run_dir, ti
         rescored = [T.score(p[f"{side}_output"], p["reference"], spec) for p in kept]
         assert rescored == [p[f"{side}_metrics"] for p in kept]
         recount = T.aggregate(rescored, spec, nll=[tuple(p[f"{side}_nll"]) for p in kept],
-                              latency_s=[p[f"{side}_latency_s"] for p in kept], lengths=[p[f"{side}_tokens"] for p in kept])
+                              latency_s=[p[f"{side}_latency_s"] for p in kept], lengths=[p[f"{side}_tokens"] for p in kept],
+                              finish=[p[f"{side}_finish_reason"] for p in kept])
         assert recount["metrics"] == pytest.approx(report["model"][side])
         assert report["metrics"][("base." if side == "base" else "") + "task.exact_match"] == report["model"][side]["exact_match"]
         assert report["classification"][side]["n"] == 3  # 3 of the 4 kept references are JSON with a category

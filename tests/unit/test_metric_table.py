@@ -45,8 +45,11 @@ def test_gate_names_are_exactly_the_reported_numbers(chosen):
     refs = ['{"category": "billing"}', '{"category": "shipping"}']
     outs = ['{"category": "billing"}', "shipping"]
     per_example = [task.score(o, r, spec) for o, r in zip(outs, refs)]
-    reported = task.aggregate(per_example, spec, nll=[(1.0, 2), (3.0, 2)], latency_s=[0.1, 0.2], lengths=[4, 6])["metrics"]
+    reported = task.aggregate(
+        per_example, spec, nll=[(1.0, 2), (3.0, 2)], latency_s=[0.1, 0.2], lengths=[4, 6], finish=["stop", "length"]
+    )["metrics"]
     assert set(reported) == set(table.task_names(chosen, [r["name"] for r in RULES]))
+    assert reported["truncated_share"] == 0.5
     if "perplexity" in chosen:
         assert reported["perplexity"] == pytest.approx(math.exp(4 / 4))
 
@@ -54,7 +57,7 @@ def test_gate_names_are_exactly_the_reported_numbers(chosen):
 def test_an_endpoint_has_no_perplexity_to_gate_on():
     assert "perplexity" in table.task_names(["perplexity"], [])
     assert table.task_names(["perplexity", "exact_match"], [], logits=False) == [
-        "exact_match", "latency_ms_mean", "latency_ms_p50", "output_tokens_mean"
+        "exact_match", "latency_ms_mean", "latency_ms_p50", "output_tokens_mean", "truncated_share"
     ]
 
 

@@ -53,19 +53,9 @@ def eval_command(
         overrides += ["eval.target=endpoint", f"eval.endpoint.base_url={endpoint}"]
         if endpoint_model is not None:
             overrides.append(f"eval.endpoint.model={endpoint_model}")
-    recipe, run = recipe_and_run(recipe_path, _with_endpoint_model(recipe_path, overrides, endpoint, endpoint_model))
+    recipe, run = recipe_and_run(recipe_path, overrides)
     result = evaluate(recipe, run)
     console.print(f"[green]eval done[/]: {result.n_examples} examples, predictions in {result.predictions_path}")
-
-
-def _with_endpoint_model(recipe_path, overrides: list[str], endpoint: str | None, endpoint_model: str | None) -> list[str]:
-    """--endpoint without --endpoint-model asks for the run's name (what `tunekit serve <run>` serves)."""
-    if endpoint is None or endpoint_model is not None:
-        return overrides
-    from tunekit.config import load_recipe
-
-    name = load_recipe(recipe_path, [o for o in overrides if not o.startswith("eval.")], check_files=False).run_name
-    return [*overrides, f"eval.endpoint.model={name}"]
 
 
 def register(app: typer.Typer) -> None:

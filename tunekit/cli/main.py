@@ -11,7 +11,7 @@ import typer
 
 from rich.markup import escape
 
-from tunekit.console import console
+from tunekit.console import VERBOSE_ENV, console, verbose
 from tunekit.errors import TunekitError
 
 app = typer.Typer(
@@ -23,12 +23,24 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show raw library output (warnings, logs, progress bars) for debugging."),
+) -> None:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
 def _quiet_libraries() -> None:
     """Keep library chatter (download bars, deprecation notes) out of the user's terminal.
 
     Done through the libraries' environment switches so that `tunekit --help` does not pay for
-    importing them.
+    importing them. `--verbose` (or TUNEKIT_VERBOSE=1) leaves everything as the libraries set it; the
+    flag is looked for here because this runs before typer parses the command line.
     """
+    if verbose() or sys.argv[1:2] in (["--verbose"], ["-v"]):
+        os.environ[VERBOSE_ENV] = "1"
+        return
     for name, value in {
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -39,7 +39,7 @@ class EvalRule(Section):
 
 class EndpointConfig(Section):
     base_url: str = Field(description="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
-    model: str = Field(description="Model name sent with each request.")
+    model: str | None = Field(None, description="Model name sent with each request (default: the run name, which `tunekit serve RUN` serves it under).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key (none: a placeholder key).")
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one response.")
 
@@ -117,7 +117,12 @@ class EvalConfig(Section):
         description="Metrics computed on the test set. " + " ".join(f"`{m.name}`: {m.description}" for m in METRICS.values()),
     )
     compare_base: bool = Field(True, description="Also evaluate the untuned base model, side by side.")
-    max_new_tokens: int = Field(128, gt=0, description="Generation budget per test example.")
+    max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Generation budget per test example (default: the longest test reference in tokens, plus a quarter "
+        "and 16). Answers cut at the budget are counted (task.truncated_share) and reported.",
+    )
     batch_size: int = Field(16, gt=0, description="Test examples generated per batch.")
     max_examples: int | None = Field(None, gt=0, description="Evaluate only the first N test examples.")
     temperature: float = Field(0.0, ge=0.0, description="0: greedy decoding; above 0: sampling seeded with `seed`.")
@@ -149,7 +154,7 @@ class EvalConfig(Section):
         if "rules" in self.metrics and not self.rules:
             problems.append("metric rules needs eval.rules")
         if self.target == "endpoint" and self.endpoint is None:
-            problems.append("target: endpoint needs eval.endpoint (base_url, model)")
+            problems.append("target: endpoint needs eval.endpoint (base_url)")
         if self.judge.enabled and not (self.judge.base_url and self.judge.model):
             problems.append("judge.enabled needs judge.base_url and judge.model")
         if self.forgetting.warn_drop > self.forgetting.fail_drop:

@@ -146,6 +146,8 @@ def known_metric_names(cfg) -> list[str]:
         names += [f"base.{n}" for n in task]
     if cfg.contamination.enabled:
         names += ["contamination.flagged"]
+    # Measured when the run was trained on preference pairs (scored on held-out pairs instead of a task).
+    names += ["preference.accuracy", "preference.margin_mean", "preference.prefers_chosen", "base.preference.prefers_chosen"]
     if cfg.forgetting.enabled:
         names += ["forgetting.overall", "forgetting.overall_drop", "base.forgetting.overall"]
         for category in suite_categories(cfg.forgetting.suites):

@@ -51,7 +51,10 @@ METRICS: dict[str, MetricInfo] = {info.name: info for info in _TABLE}
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  # what eval.metrics accepts
 
 # Reported for every eval whatever the chosen metrics: speed and length of the replies.
-ALWAYS_REPORTED: dict[str, Direction] = {"latency_ms_mean": "lower", "latency_ms_p50": "lower", "output_tokens_mean": "neither"}
+# truncated_share: answers cut at eval.max_new_tokens (a cut JSON answer scores like a wrong one).
+ALWAYS_REPORTED: dict[str, Direction] = {
+    "latency_ms_mean": "lower", "latency_ms_p50": "lower", "output_tokens_mean": "neither", "truncated_share": "lower",
+}
 
 
 def task_names(chosen: list[str], rule_names: list[str], *, logits: bool = True) -> list[str]:

@@ -100,6 +100,9 @@ def _format_problem(err: dict) -> str:
         return f"{key}: required key is missing"
     message = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
+    if err["type"] == "list_type" and isinstance(value, str) and "," in value:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        return f"{key}: {message} (got {value!r}; a list is written in YAML: [{', '.join(items)}])"
     if err["type"] in {"literal_error", "enum"} or not isinstance(value, (dict, list)):
         return f"{key}: {message} (got {value!r})"
     return f"{key}: {message}"
@@ -124,7 +127,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             problems.append(f"override '{item}' must look like key.path=value")
             continue
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else None)
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:
+            problems.append(f"{key.strip()}: '{raw}' is not a YAML value ({exc.problem or exc}); lists are [a, b], strings with : or # go in quotes")
+            continue
+        _set_dotted(data, key.strip(), value)
     if problems:
         raise RecipeError("--set", problems)
     return data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunekit.config.common import RecipePath, Section
 
@@ -30,6 +30,16 @@ class LoraConfig(Section):
         description="Modules to adapt: `all-linear` (every linear layer but the output head; learns the most) or a "
         "list of module names (e.g. [q_proj, k_proj, v_proj, o_proj]: about a third of the adapter size).",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _one_name_or_a_list(cls, value: str | list[str]) -> str | list[str]:
+        # "q_proj,v_proj" would reach PEFT as one module name and fail there with a message that
+        # does not say how a list is written.
+        if isinstance(value, str) and ("," in value or " " in value.strip()):
+            names = [n.strip() for n in value.replace(",", " ").split() if n.strip()]
+            raise ValueError(f"'{value}' is one name; a list is written in YAML: [{', '.join(names)}] (--set train.lora.target_modules=[{','.join(names)}])")
+        return value
 
 
 DpoLossType = Literal[

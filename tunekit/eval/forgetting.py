@@ -78,17 +78,20 @@ def select(items: list[dict], max_items: int | None) -> list[dict]:
     return sorted(chosen, key=lambda item: order[id(item)])
 
 
-def answer_items(answer: Answer, items: list[dict], decoding: Decoding, label: str) -> list[str]:
-    """Outputs for suite items; items are grouped by their own `max_new_tokens` budget."""
+def answer_items(answer: Answer, items: list[dict], decoding: Decoding, label: str) -> tuple[list[str], list[str]]:
+    """Outputs for suite items and their finish reasons ("length": cut at the budget); items are
+    grouped by their own `max_new_tokens` budget."""
     outputs: list[str] = [""] * len(items)
+    finish: list[str] = ["stop"] * len(items)
     budgets = sorted({item.get("max_new_tokens", decoding.max_new_tokens) for item in items})
     for budget in budgets:
         indices = [i for i, item in enumerate(items) if item.get("max_new_tokens", decoding.max_new_tokens) == budget]
         step = Decoding(budget, decoding.batch_size, decoding.temperature, decoding.seed)
         generations = answer([items[i]["messages"] for i in indices], step, f"{label} ({len(indices)} items)")
-        for i, output in zip(indices, generations.outputs):
-            outputs[i] = output
-    return outputs
+        for row, i in enumerate(indices):
+            outputs[i] = generations.outputs[row]
+            finish[i] = generations.finish[row] if generations.finish else "stop"
+    return outputs, finish
 
 
 def verdict_of(drop: float | None, warn: float, fail: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tunekit.console import console
+from tunekit.console import console, progress
 from tunekit.errors import TunekitError
 
 
@@ -20,6 +20,12 @@ class Generations:
     new_tokens: int
     latency_s: list[float] = field(default_factory=list)  # per example; a local batch's time is shared by its rows
     lengths: list[int] = field(default_factory=list)  # generated tokens per example
+    # Per example, as OpenAI names it: "stop" (the answer ended) or "length" (cut at max_new_tokens).
+    finish: list[str] = field(default_factory=list)
+
+    def truncated(self) -> list[int]:
+        """Indices of the answers that were cut at the token budget."""
+        return [i for i, reason in enumerate(self.finish) if reason == "length"]
 
 
 @dataclass
@@ -45,6 +51,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     outputs, latency, produced = [""] * len(texts), [0.0] * len(texts), [0] * len(texts)
+    finish = ["stop"] * len(texts)
     if not texts:
         return Generations([], 0.0, 0)
     stops = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
@@ -60,11 +67,13 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
             completions = _complete(model, tokenizer, [texts[i] for i in batch], decoding, stops)
             share = (time.perf_counter() - t0) / len(batch)
             for row, index in enumerate(batch):
-                tokens = _until_stop(completions[row].tolist(), stops)
+                generated = completions[row].tolist()
+                tokens = _until_stop(generated, stops)
                 produced[index], latency[index] = len(tokens), share
+                finish[index] = "length" if len(tokens) == len(generated) and len(tokens) >= decoding.max_new_tokens else "stop"
                 outputs[index] = tokenizer.decode(tokens, skip_special_tokens=True)
             advance(len(batch))
-    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced)
+    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced, finish)
 
 
 def _complete(model, tokenizer, texts: list[str], decoding: Decoding, stops: list[int]):
@@ -91,7 +100,7 @@ def generate_endpoint(client, model_name: str, prompts: list[list[dict]], decodi
     """One chat completion per prompt from an OpenAI-compatible server (a GGUF runner, a hosted model...)."""
     import openai
 
-    outputs, latency, produced = [], [], []
+    outputs, latency, produced, finish = [], [], [], []
     started = time.perf_counter()
     with progress(label, len(prompts)) as advance:
         for prompt in prompts:
@@ -106,14 +115,15 @@ def generate_endpoint(client, model_name: str, prompts: list[list[dict]], decodi
                 )
             except openai.OpenAIError as exc:
                 raise TunekitError(
-                    f"eval.endpoint: the request to {client.base_url} failed: {exc}",
-                    hint="check that the server is running and serves eval.endpoint.model",
+                    f"eval.endpoint: the request to {client.base_url} for model '{model_name}' failed: {exc}",
+                    hint="check that the server is running and serves that model (eval.endpoint.model, default: the run name)",
                 ) from None
             latency.append(time.perf_counter() - t0)
             outputs.append(response.choices[0].message.content or "")
             produced.append(response.usage.completion_tokens if response.usage else 0)
+            finish.append("length" if response.choices[0].finish_reason == "length" else "stop")
             advance(1)
-    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced)
+    return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced, finish)
 
 
 def reference_nll(model, tokenizer, prompts: list[list[dict]], references: list[str], *, batch_size: int) -> list[tuple[float, int]]:
@@ -152,30 +162,3 @@ def reference_nll(model, tokenizer, prompts: list[list[dict]], references: list[
             for row in range(len(batch)):
                 results.append((float(-(picked[row][valid[row]]).sum()), int(valid[row].sum())))
     return results
-
-
-class progress:
-    """A rich progress bar with ETA on the shared console; yields a function that advances it."""
-
-    def __init__(self, label: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._task = self._bar.add_task(label, total=total)
-
-    def __enter__(self):
-        self._bar.start()
-        return lambda n: self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        self._bar.stop()
-        return False

@@ -37,6 +37,7 @@ def build_report(scored, generations, nll, *, spec, kept, examples, flags, forge
             [per_example[i] for i in kept], spec,
             nll=[nll[name][i] for i in kept] if name in nll else None,
             latency_s=[gen.latency_s[i] for i in kept], lengths=[gen.lengths[i] for i in kept],
+            finish=[gen.finish[i] for i in kept],
         )
         models[name], per_field_by_model[name] = side["metrics"], side["per_field"]
         if "classification" in side:
@@ -56,6 +57,9 @@ def build_report(scored, generations, nll, *, spec, kept, examples, flags, forge
         "forgetting": forgetting,
         "judge": judge,
         "settings": settings,
+        "truncated": {
+            name: {"n": sum(generations[name].finish[i] == "length" for i in kept), "of": len(kept)} for name in scored
+        },
         "timing": {
             name: {
                 "seconds": round(gen.seconds, 3),
@@ -173,8 +177,43 @@ def print_verdict(verdict: dict) -> None:
     console.print("[bold green]verdict: PASS[/]" if verdict["passed"] else f"[bold red]verdict: FAIL[/] ({verdict['n_failed']} gate(s))")
 
 
+def truncation_lines(report: dict) -> list[str]:
+    """One line per side whose answers hit the token budget: a cut answer scores like a wrong one."""
+    settings = report["settings"]
+    lines = []
+    for name, counts in (report.get("truncated") or {}).items():
+        if counts["n"]:
+            lines.append(
+                f"{counts['n']} of {counts['of']} {name} answers were cut at max_new_tokens={settings['max_new_tokens']} "
+                f"(references are up to {settings.get('reference_tokens_max', '?')} tokens)"
+            )
+    for name, counts in ((report.get("forgetting") or {}).get("truncated") or {}).items():
+        if counts["n"]:
+            lines.append(f"{counts['n']} of {counts['of']} {name} forgetting-suite answers were cut at their item's budget")
+    return lines
+
+
+def _print_preference(summary: dict, split: str) -> None:
+    table = Table(title=f"preference pairs ({summary['n']} held out, {split})", title_justify="left")
+    for column in ("metric", "base", "tuned"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_row("prefers chosen (higher log-likelihood)", _fmt(summary.get("base_prefers_chosen")), _fmt(summary.get("prefers_chosen")))
+    table.add_row("reward accuracy (chosen beats rejected vs base)", "", _fmt(summary.get("accuracy")))
+    table.add_row("reward margin, mean (nats)", "", _fmt(summary.get("margin_mean")))
+    console.print(table)
+
+
 def print_report(report: dict) -> None:
+    if report.get("skipped"):
+        console.print(f"[yellow]eval skipped[/]: {escape(report['skipped'])}", soft_wrap=True)
+        return
+    if "preference" in report:
+        _print_preference(report["preference"], report["settings"]["split"])
+        print_verdict(report["verdict"])
+        return
     print_table(report)
+    for line in truncation_lines(report):
+        console.print(f"[yellow]warning:[/] {escape(line)}; raise eval.max_new_tokens if they should be longer", soft_wrap=True)
     if report.get("forgetting"):
         _print_forgetting(report["forgetting"])
     if report.get("judge"):

@@ -8,6 +8,7 @@ a failed gate. Every number in the report is recomputable from predictions.jsonl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tunekit.eval import forgetting, task
 from tunekit.eval.gates import GateFailure
 from tunekit.eval.gates import evaluate as evaluate_gates
 from tunekit.eval.generation import Decoding, Generations
-from tunekit.eval.report import build_report, flat_metrics, print_report, write_html
+from tunekit.eval.report import build_report, print_report, write_html
 from tunekit.eval.targets import load_sides, require_trained, resolve_target
 from tunekit.runs import RunPaths, read_jsonl, write_json, write_jsonl
 
@@ -105,7 +106,8 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
     excluded = flagged if exclude else []
     items = forgetting.select([item for item, flag in zip(items, flags) if flag is None or not exclude], cfg.max_items)
     decoding = Decoding(forgetting.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
-    outputs = {name: forgetting.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
+    answered = {name: forgetting.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
+    outputs = {name: outs for name, (outs, _) in answered.items()}
     correct = {name: [forgetting.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
     rows = [
         {"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"], "check": item["check"],
@@ -116,6 +118,10 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
               "check": item["check"], "contamination": flag, "excluded": True} for item, flag in excluded]
     summary = forgetting.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
     summary["contaminated"] = {"n": len(flagged), "excluded": bool(excluded), "ids": [item["id"] for item, _ in flagged]}
+    # A suite answer cut at its budget is scored wrong: say how many were, per side.
+    summary["truncated"] = {name: {"n": finish.count("length"), "of": len(finish)} for name, (_, finish) in answered.items()}
+    for row, i in zip(rows, range(len(items))):
+        row.update({f"{name}_finish_reason": answered[name][1][i] for name in answered})
     return summary, rows
 
 
@@ -153,12 +159,60 @@ class EvalResult:
     metrics: dict[str, float | None]  # every number a gate can name: task.*, base.task.*, forgetting.*, judge.*
     passed: bool  # the eval gates verdict (True for a recipe without gates)
     report: dict = field(repr=False)
+    skipped: str | None = None  # why there was nothing to evaluate (no test split), else None
 
 
 def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
-    """Score the tuned model (and the base) on the test split; write report + verdict; GateFailure on FAIL."""
-    cfg = recipe.eval
+    """Score the tuned model (and the base) on the test split; write report + verdict; GateFailure on FAIL.
+
+    A run trained on preference pairs is scored on held-out pairs instead (test split, else
+    validation); a run whose data has no test split has no task eval, which is said in one line."""
     require_trained(recipe, run)
+    pairs = _pairs_split(run)
+    if pairs is not None:
+        return _evaluate_pairs(recipe, run, pairs)
+    if not run.split("test").exists() and run.split("train").exists():
+        reason = f"no test split in {run.data_dir} (give data.test or data.test_fraction to score the tuned model)"
+        console.print(f"[yellow]eval skipped[/]: {reason}", soft_wrap=True)
+        report = {"skipped": reason, "n_examples": 0, "metrics": {}}
+        return EvalResult(run.eval_report, predictions_path(run), verdict_path(run), 0, {}, True, report, skipped=reason)
+    return _evaluate_task(recipe, run)
+
+
+def _pairs_split(run: RunPaths) -> Path | None:
+    """The split of held-out preference pairs to score, when the run was trained on pairs."""
+    train = run.split("train")
+    if not train.exists():
+        return None
+    with open(train, encoding="utf-8") as handle:
+        first = handle.readline()
+    if '"chosen"' not in first or '"rejected"' not in first:
+        return None
+    for name in ("test", "val"):
+        path = run.split(name)
+        if path.exists() and path.stat().st_size > 0:
+            return path
+    raise DataError(
+        f"{run.data_dir} holds no held-out preference pairs (no test or validation split) to score the tuned model on",
+        hint="set data.val_fraction (e.g. 0.15) or data.test, then run `tunekit data prepare`",
+    )
+
+
+def _evaluate_pairs(recipe: Recipe, run: RunPaths, split: Path) -> EvalResult:
+    from tunekit.eval import preference
+
+    pairs = preference.load_pairs(split)
+    sides = load_sides(recipe, run, need_base=True)
+    summary, rows = preference.preference_metrics(sides, pairs, recipe.eval.batch_size)
+    settings = {"split": str(split), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
+                "tuned_source": sides["tuned"].source}
+    report = {"n_examples": len(pairs), "preference": summary, "settings": settings, "metrics": preference.flat(summary)}
+    write_jsonl(run.eval_dir / "preference_predictions.jsonl", rows)
+    return _gate_and_write(recipe, run, report, write_predictions=None)
+
+
+def _evaluate_task(recipe: Recipe, run: RunPaths) -> EvalResult:
+    cfg = recipe.eval
     examples = load_examples(run, recipe)
     flags = _contamination(recipe, run, examples)
     excluded = {i for i, flag in enumerate(flags) if flag is not None and cfg.contamination.exclude}
@@ -166,7 +220,9 @@ def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
 
     sides = load_sides(recipe, run, need_base=cfg.compare_base or cfg.forgetting.enabled)
     spec = task.TaskSpec.from_recipe(recipe)
-    decoding = Decoding(cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.seed)
+    longest = _longest_reference(sides, examples)
+    budget = cfg.max_new_tokens or math.ceil(longest * 1.25) + 16
+    decoding = Decoding(budget, cfg.batch_size, cfg.temperature, cfg.seed)
     generations, scored, nll = _answer_and_score(recipe, sides, spec, decoding, examples)
     forgetting_summary, forgetting_rows = _forgetting(recipe, run, sides)
     judge_summary, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
@@ -175,26 +231,34 @@ def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
         scored, generations, nll, spec=spec, kept=kept, examples=examples, flags=flags,
         forgetting=forgetting_summary, judge=judge_summary,
         settings={
-            "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "decoding": decoding.name,
+            "max_new_tokens": budget, "max_new_tokens_from": "eval.max_new_tokens" if cfg.max_new_tokens else "references",
+            "reference_tokens_max": longest, "batch_size": cfg.batch_size, "decoding": decoding.name,
             "metrics": list(spec.metrics), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
             "tuned_source": sides["tuned"].source, "test_file": str(run.split("test")),
             "label_field": spec.label_field, "label_regex": spec.label_regex,
         },
     )
-    metrics = flat_metrics(report)
-    verdict = evaluate_gates(list(cfg.gates), metrics)
-    report["verdict"] = verdict
-    write_json(run.eval_report, report)
-    write_json(verdict_path(run), {**verdict, "run": str(run.root), "report": str(run.eval_report)})
-    prediction_rows = list(_prediction_rows(examples, generations, scored, flags, excluded, nll))
-    write_jsonl(predictions_path(run), prediction_rows)
     if forgetting_rows:
         write_jsonl(run.eval_dir / "forgetting_predictions.jsonl", forgetting_rows)
     if judge_rows:
         write_jsonl(run.eval_dir / "judge.jsonl", judge_rows)
-    write_html(report, run.eval_dir / "eval_report.html", prediction_rows)
+    return _gate_and_write(recipe, run, report, write_predictions=lambda: list(_prediction_rows(examples, generations, scored, flags, excluded, nll)))
+
+
+def _gate_and_write(recipe: Recipe, run: RunPaths, report: dict, write_predictions) -> EvalResult:
+    """Apply the gates to the report's numbers, write report, verdict and predictions, print, and
+    raise GateFailure when a gate failed."""
+    metrics = report["metrics"]
+    verdict = evaluate_gates(list(recipe.eval.gates), metrics)
+    report["verdict"] = verdict
+    write_json(run.eval_report, report)
+    write_json(verdict_path(run), {**verdict, "run": str(run.root), "report": str(run.eval_report)})
+    if write_predictions is not None:
+        prediction_rows = write_predictions()
+        write_jsonl(predictions_path(run), prediction_rows)
+        write_html(report, run.eval_dir / "eval_report.html", prediction_rows)
     print_report(report)
-    console.print(f"report: {run.eval_report} (and eval_report.html); verdict: {verdict_path(run)}", soft_wrap=True)
+    console.print(f"report: {run.eval_report}; verdict: {verdict_path(run)}", soft_wrap=True)
     if not verdict["passed"]:
         raise GateFailure(
             f"{verdict['n_failed']} of {len(verdict['gates'])} eval gate(s) failed; verdict written to {verdict_path(run)}",
@@ -204,6 +268,16 @@ def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
         report_path=run.eval_report, predictions_path=predictions_path(run), verdict_path=verdict_path(run),
         n_examples=report["n_examples"], metrics=metrics, passed=verdict["passed"], report=report,
     )
+
+
+def _longest_reference(sides: dict, examples: list[EvalExample]) -> int:
+    """Tokens of the longest reference answer (its end of turn included), by a local side's tokenizer;
+    an endpoint-only eval counts one token per two characters, which overestimates for safety."""
+    tokenizer = next((side.tokenizer for side in sides.values() if side.tokenizer is not None), None)
+    if tokenizer is None:
+        return max((len(e.reference) // 2 + 1 for e in examples), default=0)
+    lengths = tokenizer([e.reference for e in examples], add_special_tokens=False)["input_ids"] if examples else []
+    return max((len(ids) + 1 for ids in lengths), default=0)
 
 
 def _answer_and_score(recipe: Recipe, sides: dict, spec, decoding: Decoding, examples: list[EvalExample]):
@@ -229,6 +303,7 @@ def _prediction_rows(examples, generations, scored, flags, excluded, nll):
             row[f"{name}_metrics"] = scored[name][i]
             row[f"{name}_latency_s"] = gen.latency_s[i]  # unrounded: the report recounts exactly from it
             row[f"{name}_tokens"] = gen.lengths[i]
+            row[f"{name}_finish_reason"] = gen.finish[i]
             if name in nll:
                 row[f"{name}_nll"] = list(nll[name][i])
         yield row

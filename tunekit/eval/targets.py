@@ -119,7 +119,8 @@ def _endpoint(recipe: Recipe) -> Answerer:
     if cfg.api_key_env and not api_key:
         raise TunekitError(f"eval.endpoint.api_key_env: environment variable {cfg.api_key_env} is not set")
     client = openai.OpenAI(base_url=cfg.base_url, api_key=api_key, timeout=cfg.timeout_s, max_retries=2)
-    return Answerer("tuned", f"{cfg.base_url} ({cfg.model})", client=client, endpoint_model=cfg.model)
+    model = cfg.model or recipe.run_name  # what `tunekit serve RUN` serves the run under
+    return Answerer("tuned", f"{cfg.base_url} ({model})", client=client, endpoint_model=model)
 
 
 def require_trained(recipe: Recipe, run: RunPaths) -> None:

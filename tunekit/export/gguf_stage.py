@@ -53,7 +53,7 @@ def _parity(recipe, run, merged_dir: Path, reference: Path) -> dict:
 
     options = recipe.export.gguf
     prompts = parity_prompts(run, recipe.data.system_prompt, count=options.parity_prompts)
-    tokens = min(recipe.eval.max_new_tokens, MAX_PARITY_TOKENS)
+    tokens = min(recipe.eval.max_new_tokens or MAX_PARITY_TOKENS, MAX_PARITY_TOKENS)
     console.print(f"checking GGUF parity on {len(prompts)} prompts (merged model vs {reference.name}, greedy)…", soft_wrap=True)
     return check_gguf_parity(merged_dir, reference, prompts, tokens, options.min_parity)
 

@@ -39,18 +39,25 @@ FALLBACK_PROMPTS = [
 
 
 def parity_prompts(run: RunPaths, system_prompt: str | None = None, count: int = 3) -> list[list[dict]]:
-    """The first `count` prompts (chat without the final answer) of the test split, else of the
-    validation split, else fixed prompts."""
+    """The first `count` prompts (chat without the final answer, or a preference pair's prompt) of
+    the test split, else of the validation split, else fixed prompts."""
     for name in ("test", "val"):
         path = run.split(name)
         rows = read_jsonl(path)[:count] if path.is_file() else []
-        if rows:
-            prompts = [row["messages"][:-1] for row in rows if len(row["messages"]) > 1]
+        prompts = [_prompt_of(row) for row in rows]
+        prompts = [p for p in prompts if p]
+        if prompts:
             break
     else:
         prompts = [[{"role": "user", "content": text}] for text in FALLBACK_PROMPTS[:count]]
     # Same rule as data preparation and eval: the recipe's system prompt fills in where a chat has none.
     return [with_system_prompt(p, system_prompt) for p in prompts]
+
+
+def _prompt_of(row: dict) -> list[dict] | None:
+    if "messages" in row:
+        return row["messages"][:-1] if len(row["messages"]) > 1 else None
+    return row.get("prompt") or None  # a prepared preference row: its prompt messages; text rows have none
 
 
 @dataclass

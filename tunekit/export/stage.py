@@ -123,7 +123,7 @@ def _merged(recipe: Recipe, run: RunPaths, kind: str, source: Path, result: Expo
     if options.check_parity:
         prompts = parity_prompts(run, recipe.data.system_prompt)
         # A divergence shows within a few tokens; the eval budget can only shorten the check.
-        max_new_tokens = min(recipe.eval.max_new_tokens, DEFAULT_MAX_NEW_TOKENS)
+        max_new_tokens = min(recipe.eval.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS)
         console.print(f"checking parity of the merged model on {len(prompts)} prompts…")
         result.parity = check_parity(base_path, source, run.merged_dir, prompts, max_new_tokens, dtype=options.dtype, **loading)
 

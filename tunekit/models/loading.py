@@ -50,16 +50,15 @@ def _rich_gguf_progress(label: str):
     only read at import), so that name is swapped for the duration of the load and put back.
     With TUNEKIT_VERBOSE=1 the raw bar is left alone.
     """
-    if os.environ.get("TUNEKIT_VERBOSE", "") not in ("", "0"):
+    from tunekit.console import progress_bar, verbose
+
+    if verbose():
         yield
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from tunekit.console import console
-
     original = gguf_utils.tqdm
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+    with progress_bar(label, transient=True) as bar:
 
         def rich_tqdm(iterable, *args, **kwargs):
             items = list(iterable)

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from transformers import TrainerCallback
 
-from tunekit.console import console
+from tunekit.console import console, progress_bar
 
 
 # DPO logs how far the policy prefers chosen over rejected answers relative to the reference:
@@ -140,18 +140,7 @@ class RichProgress(TrainerCallback):
         self._shown = state.is_world_process_zero  # one bar for all processes
         if not self._shown or not console.is_terminal:
             return
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.progress = progress_bar("train", "loss {task.fields[loss]}", "{task.fields[speed]} tok/s")
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, loss="-", speed="-")
 
