@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tunekit.config import parse_recipe
+from tunekit.config import load_recipe, parse_recipe
 from tunekit.data import prepare_data, quarantine_summary
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths, read_jsonl
@@ -352,3 +352,36 @@ def test_cli_prepare_prints_summary_and_fails_on_invalid_lines_by_default(tmp_pa
     result = runner.invoke(root, ["data", "prepare", str(tmp_path / "recipe.yaml")])
     assert result.exit_code == 1 and isinstance(result.exception, DataError)
     assert "train.jsonl:11: invalid_json" in result.exception.message
+
+
+def test_cli_prepare_audits_data_files_without_a_recipe(tmp_path, tiny_model_dir, monkeypatch):
+    from tunekit.cli import data as data_cli
+    from tunekit.errors import RecipeError
+
+    write_lines(tmp_path / "my.jsonl", [*distinct_chats(10), "{bad"])
+    write_lines(tmp_path / "held.jsonl", distinct_chats(13)[10:])
+    root = typer.Typer()
+    root.add_typer(data_cli.app, name="data")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    args = ["data", "prepare", "my.jsonl", "held.jsonl", "--model", str(tiny_model_dir), "--set", "data.on_invalid=quarantine"]
+    result = runner.invoke(root, args)
+    assert result.exit_code == 0, result.output
+    # The same report and quarantine as with a recipe, in runs/<file name>.
+    assert "1 of 14 lines quarantined (invalid_json: 1)" in result.output and "my.jsonl:11: invalid_json" in result.output
+    run = RunPaths(tmp_path / "runs" / "my")
+    assert len(read_jsonl(run.split("train"))) == 10 and len(read_jsonl(run.split("val"))) == 3  # held.jsonl is the eval file
+    assert read_jsonl(run.quarantine)[0]["reason"] == "invalid_json"
+    # The printed recipe lines reproduce the audit: written to a file, they load to the same recipe.
+    lines = result.output[result.output.index("name: my") : result.output.index("on_invalid: quarantine") + len("on_invalid: quarantine")]
+    (tmp_path / "again.yaml").write_text(lines + "\n", encoding="utf-8")
+    again = load_recipe(tmp_path / "again.yaml")
+    assert again.data.train == tmp_path / "my.jsonl" and again.data.eval == tmp_path / "held.jsonl"
+    assert again.base_model == str(tiny_model_dir) and again.data.on_invalid == "quarantine" and again.run_dir == run.root
+
+    # Without --set the broken line fails the audit, as with a recipe: exit 1, the line named.
+    result = runner.invoke(root, ["data", "prepare", "my.jsonl", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 1 and isinstance(result.exception, DataError) and "my.jsonl:11: invalid_json" in result.exception.message
+    result = runner.invoke(root, ["data", "prepare", "nope.jsonl"])
+    assert isinstance(result.exception, RecipeError) and result.exception.problems == ["data.train: file not found: nope.jsonl"]

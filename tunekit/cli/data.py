@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from tunekit.cli.common import RecipeArg, SetOpt, recipe_and_run
+from tunekit.console import console
+from tunekit.runs import RunPaths
 
 app = typer.Typer(
     help="Prepare and audit training data: validate with line numbers, dedup, split, report.",
@@ -14,9 +17,20 @@ app = typer.Typer(
 )
 
 
-@app.command("prepare", help="Validate, clean and split the recipe's data into <run>/data, with a report of every line.")
+DATA_ROLES = ("train", "eval", "test")
+
+
+@app.command(
+    "prepare",
+    help="Validate, clean and split data into <run>/data, with a report of every line. Give a recipe (or a run "
+    "directory), or just data files: FILE [EVAL_FILE [TEST_FILE]] are audited with the recipe defaults and the "
+    "embedded model's tokenizer (or --model), and the recipe lines that reproduce the audit are printed.",
+)
 def prepare(
-    recipe: RecipeArg,
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="A recipe YAML file or a run directory; or 1-3 data files (train, then eval, then test).", show_default=False),
+    ],
     set_: SetOpt = None,
     strict: Annotated[
         bool,
@@ -24,11 +38,34 @@ def prepare(
             "--strict", help="Fail when any row is removed for any reason, duplicates and policy drops included (sets data.strict)."
         ),
     ] = False,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Without a recipe: the model whose tokenizer measures lengths (default: the embedded one).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Without a recipe: where the run directory goes (default: ./runs).")
+    ] = None,
 ) -> None:
+    from tunekit.config import is_recipe_path, recipe_for_files, recipe_lines_for_files
     from tunekit.data import prepare as prepare_data_stage
+    from tunekit.errors import TunekitError
 
-    loaded, run = recipe_and_run(recipe, [*(set_ or []), *(["data.strict=true"] if strict else [])])
-    prepare_data_stage(loaded, run)
+    overrides = [*(set_ or []), *(["data.strict=true"] if strict else [])]
+    if len(inputs) == 1 and is_recipe_path(inputs[0]):
+        if model or out:
+            raise TunekitError("--model and --out are for data files without a recipe", hint="set base_model / output_dir in the recipe (or with --set)")
+        loaded, run = recipe_and_run(inputs[0], overrides)
+        prepare_data_stage(loaded, run)
+        return
+    if len(inputs) > len(DATA_ROLES):
+        raise TunekitError(
+            f"{len(inputs)} files given; data prepare takes a recipe, or up to three data files (train, eval, test)",
+            hint="write a recipe for more inputs (see `tunekit validate --help`)",
+        )
+    files = dict(zip(DATA_ROLES, inputs))
+    loaded = recipe_for_files(files, model=model, output_dir=out, overrides=overrides)
+    console.print("[dim]no recipe: the defaults, as these recipe lines would give them:[/]")
+    console.print(recipe_lines_for_files(files, model=model, output_dir=out, overrides=overrides), markup=False, highlight=False)
+    prepare_data_stage(loaded, RunPaths(loaded.run_dir))
 
 
 @app.command(

@@ -13,6 +13,7 @@ from tunekit.config.eval import (
     suite_path,
 )
 from tunekit.config.export import GGUF_TYPES, OLLAMA_PARAMETERS, ExportConfig, ExportFormat, GgufExportConfig, OllamaExportConfig
+from tunekit.config.files import is_recipe_path, recipe_for_files, recipe_lines_for_files
 from tunekit.config.metrics import METRICS, MetricInfo, MetricName
 from tunekit.config.recipe import DEFAULT_BASE_MODEL, Recipe, apply_overrides, load_recipe, parse_recipe
 from tunekit.config.serve import ServeConfig
@@ -25,5 +26,5 @@ __all__ = [
     "ForgettingConfig", "GgufExportConfig", "HubDataset", "JudgeConfig", "LoraConfig", "MetricInfo", "MetricName",
     "MixConfig", "OllamaExportConfig", "PiiType", "Recipe", "RecipePath", "RecipeRelative", "Section", "ServeConfig",
     "TrainConfig", "anchor_paths", "apply_overrides", "load_recipe", "parse_recipe", "path_marker", "suite_categories",
-    "suite_path",
+    "suite_path", "is_recipe_path", "recipe_for_files", "recipe_lines_for_files",
 ]
