@@ -61,8 +61,8 @@ def test_every_path_typed_field_carries_the_marker():
     # The walk reaches nested and optional sections and lists of sections, not only the top level.
     assert {"output_dir", "data.train", "data.external_eval", "data.analysis.rules.json_schema", "train.mix.file",
             "train.dpo.init_from", "eval.json_schema", "export.gguf.perplexity_text"} <= path_fields
-    # A marked field that is no Path: suite entries are built-in names or files.
-    assert MARKED == path_fields | {"eval.forgetting.suites"}
+    # Marked fields that are no Path: suite entries and the chat template are built-in names or files.
+    assert MARKED == path_fields | {"eval.forgetting.suites", "chat_template"}
     assert isinstance(path_marker(Recipe.model_fields["output_dir"]), RecipeRelative)
 
 
@@ -81,11 +81,13 @@ def recipe_dir(tmp_path) -> Path:
     for name in ("d/train.jsonl", "d/val.jsonl", "d/test.jsonl", "d/ext.jsonl", "mix.jsonl", "ppl.txt", "s/reply.json", "s/eval.json"):
         _write(folder / name)
     _write(folder / "suites" / "mine.jsonl", json.dumps(SUITE_ITEM) + "\n")
+    _write(folder / "t" / "chat.jinja", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
     return folder
 
 
 COMMON = {
     "output_dir": "out",
+    "chat_template": "t/chat.jinja",
     "data": {"train": "d/train.jsonl", "eval": "d/val.jsonl", "test": "d/test.jsonl", "external_eval": ["d/ext.jsonl"],
              "analysis": {"rules": [{"name": "shape", "json_schema": "s/reply.json"}]}},
     "eval": {"metrics": ["json_schema"], "json_schema": "s/eval.json",
@@ -119,6 +121,9 @@ def test_a_recipe_loaded_from_another_cwd_anchors_every_marked_path(recipe_dir, 
         assert all(value == recipe_dir / relative for value in seen[key]), (key, seen[key])
     # A built-in suite keeps its name; a suite file is anchored (suite entries stay strings).
     assert seen["eval.forgetting.suites"] == ["general", str(recipe_dir / "suites/mine.jsonl")] * 2
+    assert seen["chat_template"] == [str(recipe_dir / "t/chat.jinja")] * 2
+    # A shipped template keeps its name.
+    assert parse_recipe({"chat_template": "chatml", "data": {"train": "x.jsonl"}}, base_dir=tmp_path).chat_template == "chatml"
 
 
 def test_absolute_paths_and_hub_datasets_are_left_as_written(tmp_path):

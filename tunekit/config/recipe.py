@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError
 
-from tunekit.config.common import RecipePath, Section, anchor_paths
+from tunekit.config.common import RecipePath, RecipeRelative, Section, anchor_paths
 from tunekit.config.data import DataConfig
 from tunekit.config.eval import EvalConfig
 from tunekit.config.export import ExportConfig
@@ -25,12 +25,42 @@ from tunekit.errors import RecipeError
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
+# The shipped chat templates are files of the models layer, named here by file and never imported,
+# so a recipe's `chat_template` name is checked before anything is loaded.
+CHAT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "models" / "chat_templates"
+
+
+def shipped_chat_templates() -> list[str]:
+    return sorted(p.stem for p in CHAT_TEMPLATES_DIR.glob("*.jinja"))
+
+
+def _is_template_file(value: str) -> bool:
+    """A `chat_template` value is a file when it is not a shipped name."""
+    return value not in shipped_chat_templates()
+
+
+def _known_template(value: str) -> str:
+    if _is_template_file(value) and "/" not in value and "\\" not in value and not Path(value).suffix:
+        raise ValueError(f"unknown chat template; use one of {', '.join(shipped_chat_templates())} or the path of a Jinja file")
+    return value
+
+
+ChatTemplateRef = Annotated[str, AfterValidator(_known_template), RecipeRelative(is_path=_is_template_file)]
+
 
 class Recipe(Section):
     name: str | None = Field(None, description="Run name; the run directory is `<output_dir>/<name>`. Default: recipe file name.")
     base_model: str = Field(
         DEFAULT_BASE_MODEL,
         description="Base model: `smollm2-135m-instruct` (embedded, offline), a Hugging Face hub id, or a local model directory.",
+    )
+    chat_template: ChatTemplateRef | None = Field(
+        None,
+        description="Chat template every stage renders chats with (data lengths, loss mask, eval, export, serve): one of "
+        + ", ".join(f"`{name}`" for name in shipped_chat_templates())
+        + " (`alpaca`: plain `### Instruction:` / `### Response:` text), or the path of a Jinja file. Required for a "
+        "base model without a template; on a model that has one, it replaces it (with a warning). Marker tokens the vocabulary lacks (e.g. `<|im_start|>` on a Llama tokenizer) are added "
+        "and their embedding rows trained; the template's end-of-turn token becomes the eos generation stops on.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub to run. Off unless you trust the source.")
     allow_pickle: bool = Field(False, description="Allow loading pickled (.bin/.pt) weights. Off: safetensors only.")
@@ -196,6 +226,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
             for name in ("train", "eval", "test")
             if getattr(recipe.data, name) is not None and not getattr(recipe.data, name).exists()
         ]
+        template = recipe.chat_template
+        if template is not None and _is_template_file(template) and not Path(template).is_file():
+            missing.append(f"chat_template: file not found: {template}")
         if missing:
             raise RecipeError(str(path), missing)
     return recipe

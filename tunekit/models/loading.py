@@ -161,8 +161,22 @@ def resolve_model(name: str, *, allow_pickle: bool = False) -> str:
     return name  # a hub id: transformers resolves (and, on a machine with network, downloads) it
 
 
-def load_tokenizer(model_path: str, *, trust_remote_code: bool = False):
+def load_tokenizer(model_path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer of `model_path`, with the recipe's `chat_template` (a shipped name or a Jinja
+    file) put on it when one is given; see `load_tokenizer_with_template`."""
+    return load_tokenizer_with_template(model_path, trust_remote_code=trust_remote_code, chat_template=chat_template)[0]
+
+
+# (model, template) pairs already warned about: every stage loads the tokenizer, the user hears it once.
+_OVERRIDE_WARNED: set[tuple[str, str]] = set()
+
+
+def load_tokenizer_with_template(model_path: str, *, trust_remote_code: bool = False, chat_template: str | None = None):
+    """(tokenizer, ids of the tokens added for the chat template). Training needs the ids: their
+    embedding rows are new and must be trained; every other stage only needs the tokenizer."""
     from transformers import AutoTokenizer
+
+    from tunekit.models.templates import apply_template, choose_template, names_hint
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -170,12 +184,26 @@ def load_tokenizer(model_path: str, *, trust_remote_code: bool = False):
         raise ModelError(f"cannot load a tokenizer from '{model_path}': {exc}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ModelError(
-            f"the tokenizer of '{model_path}' has no chat template; tunekit trains chat models with their own template",
-            hint="use an instruct/chat model, or add a chat_template to its tokenizer_config.json",
+    if chat_template is None:
+        if not tokenizer.chat_template:
+            raise ModelError(
+                f"the tokenizer of '{model_path}' has no chat template (a base model?); tunekit needs one to render chats",
+                hint=f"set `chat_template:` in the recipe ({names_hint()}), or use an instruct/chat model",
+            )
+        return tokenizer, []
+    chosen = choose_template(chat_template)
+    if tokenizer.chat_template and tokenizer.chat_template != chosen.jinja and (model_path, chosen.name) not in _OVERRIDE_WARNED:
+        from rich.markup import escape
+
+        from tunekit.console import console
+
+        _OVERRIDE_WARNED.add((model_path, chosen.name))
+        console.print(
+            f"[yellow]warning:[/] chat_template: '{escape(chosen.name)}' replaces the chat template '{escape(model_path)}' "
+            "ships with; a model answers best in the format it was tuned with (remove `chat_template:` to keep it)",
+            soft_wrap=True,
         )
-    return tokenizer
+    return tokenizer, apply_template(tokenizer, chosen)
 
 
 def load_model(model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False):

@@ -69,6 +69,20 @@ def tokenizer_source(adapter_dir: Path, base_path: str) -> str:
     return str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_path
 
 
+def _fit_added_tokens(model, adapter_dir: Path, config: dict) -> None:
+    """An adapter trained with tokens its chat template added (its embeddings in `modules_to_save`)
+    expects a base with rows for them: grow the base as training did, from the tokenizer saved
+    next to the adapter."""
+    trains_embeddings = config.get("modules_to_save") or config.get("trainable_token_indices")
+    if not trains_embeddings or not (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from tunekit.models.templates import resize_for_tokenizer
+
+    resize_for_tokenizer(model, AutoTokenizer.from_pretrained(str(adapter_dir)))
+
+
 def attach_adapter(model, adapter_dir: Path, base_label: str, *, name: str = "default", allow_pickle: bool = False):
     """`model` with the adapter in `adapter_dir` attached under `name`.
 
@@ -80,7 +94,9 @@ def attach_adapter(model, adapter_dir: Path, base_label: str, *, name: str = "de
     from peft import PeftModel
     from safetensors import SafetensorError
 
-    check_adapter_dir(adapter_dir, allow_pickle=allow_pickle)
+    config = check_adapter_dir(adapter_dir, allow_pickle=allow_pickle)
+    if not isinstance(model, PeftModel):
+        _fit_added_tokens(model, adapter_dir, config)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(str(adapter_dir), adapter_name=name)

@@ -10,10 +10,10 @@ within each document (see tunekit.train.sft for how transformers builds that mas
 from __future__ import annotations
 
 from tunekit.config import Recipe
-from tunekit.models import load_tokenizer, resolve_model
+from tunekit.models import resolve_model
 from tunekit.runs import RunPaths
 from tunekit.train.common import BuiltTrainer, check_train_rows, load_splits
-from tunekit.train.modeling import load_training_model, peft_config
+from tunekit.train.modeling import load_training_model, peft_config, training_tokenizer
 from tunekit.train.sft import sft_args
 
 PACKING_STRATEGY = "bfd_split"
@@ -32,7 +32,7 @@ def build(recipe: Recipe, run: RunPaths, callbacks: list | None = None) -> Built
 
     check_train_rows(recipe, run)  # before any model is loaded
     model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+    tokenizer, added_tokens = training_tokenizer(recipe, model_path)
     train_rows, val_rows, details = load_splits(recipe, run, tokenizer)
     val_ds = text_dataset(val_rows) if val_rows else None
     args = sft_args(
@@ -45,13 +45,14 @@ def build(recipe: Recipe, run: RunPaths, callbacks: list | None = None) -> Built
         completion_only_loss=False,
         assistant_only_loss=False,
     )
+    model = load_training_model(recipe, model_path, tokenizer)
     trainer = SFTTrainer(
-        model=load_training_model(recipe, model_path),
+        model=model,
         args=args,
         train_dataset=text_dataset(train_rows),
         eval_dataset=val_ds,
         processing_class=tokenizer,
-        peft_config=peft_config(recipe),
+        peft_config=peft_config(recipe, model, added_tokens),
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)

@@ -23,11 +23,11 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.console import console
 from tunekit.errors import ModelError, RunDirError
-from tunekit.models import load_model, load_tokenizer, resolve_model
+from tunekit.models import load_model, resolve_model
 from tunekit.runs import RunPaths
 from tunekit.train.common import BuiltTrainer, check_train_rows, load_splits, training_arguments
 from tunekit.train.manifest import model_fingerprint
-from tunekit.train.modeling import load_training_model, peft_config
+from tunekit.train.modeling import load_training_model, peft_config, training_tokenizer
 
 
 def resolve_init_from(path: Path) -> tuple[str, Path]:
@@ -56,8 +56,9 @@ def _check_adapter_base(adapter_dir: Path, model_path: str) -> None:
         )
 
 
-def starting_point(recipe: Recipe, model_path: str):
-    """(policy model, peft_config for the trainer or None, manifest details, path of the weights loaded)."""
+def starting_point(recipe: Recipe, model_path: str, tokenizer=None, added_tokens: list[int] | None = None):
+    """(policy model, peft_config for the trainer or None, manifest details, path of the weights loaded).
+    From the base model, `tokenizer`'s rows are fitted and the rows of `added_tokens` trained."""
     from peft import PeftModel
 
     adapter = recipe.train.adapter
@@ -65,7 +66,8 @@ def starting_point(recipe: Recipe, model_path: str):
     load = dict(trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
     if init is None:
         reference = "precomputed from the base model" if adapter == "full" else "the base model (adapter disabled)"
-        return load_training_model(recipe, model_path), peft_config(recipe), {"start": "base model", "reference": reference}, model_path
+        model = load_training_model(recipe, model_path, tokenizer)
+        return model, peft_config(recipe, model, added_tokens), {"start": "base model", "reference": reference}, model_path
     kind, where = resolve_init_from(init)
     details = {"init_from": str(where), "init_kind": kind, "init_sha256": model_fingerprint(str(where)).get("sha256")}
     if kind == "model":
@@ -113,9 +115,9 @@ def build(recipe: Recipe, run: RunPaths, callbacks: list | None = None) -> Built
 
     check_train_rows(recipe, run)  # before any model is loaded
     model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+    tokenizer, added_tokens = training_tokenizer(recipe, model_path)
     train_rows, val_rows, details = load_splits(recipe, run, tokenizer)
-    model, config, start, weights_path = starting_point(recipe, model_path)
+    model, config, start, weights_path = starting_point(recipe, model_path, tokenizer, added_tokens)
     val_ds = preference_dataset(val_rows) if val_rows else None
     trainer = DPOTrainer(
         model=model,

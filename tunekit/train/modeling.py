@@ -8,6 +8,8 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.errors import ModelError
 from tunekit.models import load_model
+from tunekit.models.loading import load_tokenizer_with_template
+from tunekit.models.templates import resize_for_tokenizer
 
 QLORA_HINT = "on this machine use train.adapter: lora (or dora)"
 
@@ -32,11 +34,21 @@ def check_adapter_supported(recipe: Recipe) -> None:
         ) from None
 
 
-def load_training_model(recipe: Recipe, model_path: str):
-    """The base model in the precision the adapter kind trains it in."""
+def training_tokenizer(recipe: Recipe, model_path: str):
+    """(tokenizer with the recipe's chat template, ids of the tokens the template added)."""
+    return load_tokenizer_with_template(model_path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
+
+
+def load_training_model(recipe: Recipe, model_path: str, tokenizer=None):
+    """The base model in the precision the adapter kind trains it in, with a row for every token of
+    `tokenizer` (the chat template may have added some)."""
     if recipe.train.adapter == "qlora":
-        return _load_4bit(recipe, model_path)
-    return load_model(model_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
+        model = _load_4bit(recipe, model_path)
+    else:
+        model = load_model(model_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
+    if tokenizer is not None:
+        resize_for_tokenizer(model, tokenizer)
+    return model
 
 
 def _load_4bit(recipe: Recipe, model_path: str):
@@ -66,15 +78,36 @@ def _load_4bit(recipe: Recipe, model_path: str):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
 
 
-def peft_config(recipe: Recipe):
-    """The PEFT LoraConfig of the recipe's adapter kind; None for full fine-tuning."""
+def embedding_modules(model, token_ids: list[int] | None) -> list[str] | None:
+    """The embedding modules trained whole because the chat template added tokens (None: it added none).
+
+    Why `modules_to_save` and not PEFT's `trainable_token_indices` (which the installed peft has,
+    and which would train only the new rows): TRL's SFTTrainer computes the loss with a fused LM
+    head that multiplies the hidden states by `lm_head.weight` directly, so trainable token rows
+    on the output side are bypassed (the new tokens' output rows would never learn, and the wrapper
+    breaks the fused head outright). A `modules_to_save` copy *is* the weight it reads. The cost is
+    two vocab x hidden matrices in the adapter; with tied embeddings the copies stay tied
+    (`ensure_weight_tying`), as in the base model."""
+    if not token_ids:
+        return None
+    names = {id(m): name.rsplit(".", 1)[-1] for name, m in model.named_modules()}
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())
+    return [names[id(layer)] for layer in layers if layer is not None and id(layer) in names]
+
+
+def peft_config(recipe: Recipe, model=None, new_token_ids: list[int] | None = None):
+    """The PEFT LoraConfig of the recipe's adapter kind (training the rows of `new_token_ids` of
+    `model` too); None for full fine-tuning, which trains every row anyway."""
     from peft import LoraConfig
 
     adapter = recipe.train.adapter
     if adapter == "full":
         return None
     lora = recipe.train.lora
+    embeddings = embedding_modules(model, new_token_ids) if model is not None else None
     return LoraConfig(
+        modules_to_save=embeddings,
+        ensure_weight_tying=bool(embeddings),
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from tunekit.config import Recipe
 from tunekit.errors import DataError
-from tunekit.models import load_tokenizer, resolve_model
+from tunekit.models import resolve_model
 from tunekit.runs import RunPaths
 from tunekit.train.common import BuiltTrainer, check_train_rows, load_splits, require_rows, training_arguments
 from tunekit.train.masking import tokenize_chat
-from tunekit.train.modeling import load_training_model, peft_config
+from tunekit.train.modeling import load_training_model, peft_config, training_tokenizer
 
 
 def require_chat_rows(rows: list[dict], split_name: str) -> None:
@@ -62,13 +62,15 @@ def build(recipe: Recipe, run: RunPaths, callbacks: list | None = None) -> Built
     """The configured SFTTrainer on the prepared (and mixed) chat splits."""
     check_train_rows(recipe, run)  # before any model is loaded
     model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-    tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+    tokenizer, added_tokens = training_tokenizer(recipe, model_path)
     train_rows, val_rows, details = load_splits(recipe, run, tokenizer)
     max_length = recipe.data.max_length
     train_ds = tokenize_split(tokenizer, train_rows, max_length, "train")
     val_ds = tokenize_split(tokenizer, val_rows, max_length, "val") if val_rows else None
-    model = load_training_model(recipe, model_path)
-    trainer, fast_details = make_trainer(recipe, run, model, tokenizer, train_ds, val_ds, callbacks)
+    model = load_training_model(recipe, model_path, tokenizer)
+    trainer, fast_details = make_trainer(recipe, run, model, tokenizer, train_ds, val_ds, callbacks, added_tokens)
+    if added_tokens:
+        details["added_tokens"] = tokenizer.convert_ids_to_tokens(added_tokens)
     details.update(fast_details)
     details["packing"] = recipe.train.packing
     if recipe.train.packing:
@@ -76,9 +78,12 @@ def build(recipe: Recipe, run: RunPaths, callbacks: list | None = None) -> Built
     return BuiltTrainer(trainer, model_path, details)
 
 
-def make_trainer(recipe: Recipe, run: RunPaths, model, tokenizer, train_ds, val_ds=None, callbacks: list | None = None):
+def make_trainer(
+    recipe: Recipe, run: RunPaths, model, tokenizer, train_ds, val_ds=None, callbacks: list | None = None, added_tokens: list[int] | None = None
+):
     """(SFTTrainer, manifest details) for a loaded model and tokenized splits, with the CUDA fast
-    path (tunekit.train.fastpath) planned and applied; also used by bench/train_throughput.py."""
+    path (tunekit.train.fastpath) planned and applied; also used by bench/train_throughput.py.
+    `added_tokens`: ids the chat template added to the vocabulary, whose rows are trained too."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
@@ -92,7 +97,7 @@ def make_trainer(recipe: Recipe, run: RunPaths, model, tokenizer, train_ds, val_
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
-        peft_config=peft_config(recipe),
+        peft_config=peft_config(recipe, model, added_tokens),
         callbacks=callbacks,
     )
     # Our progress bar and metrics.jsonl replace the trainer's raw dict printing.
