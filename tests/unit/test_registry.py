@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit.registry_helpers import fake_run
+from tests.unit.test_eval import run_dir  # noqa: F401  (the fixture: a run with a real LoRA adapter)
 from tunekit import registry
 from tunekit.errors import RegistryError
 from tunekit.registry import artifacts
@@ -175,7 +176,7 @@ def test_different_test_sets_are_not_compared(tmp_path):
     registry.register(fake_run(tmp_path, "b", field_accuracy=0.95, test_rows=12), name="triage")
     registry.promote("triage@1", "production")
     with pytest.raises(RegistryError) as refused:
-        registry.promote("triage@2", "production")
+        registry.promote("triage@2", "production", evaluate_current=False)
     message = str(refused.value)
     assert "cannot compare: different test set" in message and "(n=12)" in message and "(n=10)" in message
     # A gate that does not name `current` compares nothing across versions: it is allowed.
@@ -316,3 +317,72 @@ def test_concurrent_register_promote_rollback_stays_consistent(tmp_path):
     assert all(summary["checks"].values()), summary["checks"]
     assert summary["history_rows"] == summary["alias_changes_done"] > 0
     assert summary["versions"] == summary["registers_done"] > 0
+
+
+def test_register_a_real_evaluated_run(run_dir, tmp_path):  # noqa: F811  (run_dir is the eval tests' fixture)
+    """A run as the eval stage leaves it (real PEFT adapter, real eval_report.json) registers with its real numbers."""
+    import json
+
+    from tunekit.config import load_recipe
+    from tunekit.eval import evaluate
+    from tunekit.runs import RunPaths
+
+    recipe = load_recipe(run_dir, ["eval.compare_base=false", "eval.metrics=[json_valid,field_accuracy]"])
+    result = evaluate(recipe, RunPaths(run_dir))
+    record = registry.register(run_dir, name="tickets")
+    assert record.kind == "adapter" and record.verdict == "PASS"
+    assert record.metrics == json.loads(RunPaths(run_dir).eval_report.read_text())["metrics"] == result.metrics
+    assert record.eval["test_set"]["sha256"] == hashlib.sha256(RunPaths(run_dir).split("test").read_bytes()).hexdigest()
+    assert record.digest == _digest_of_dir(run_dir / "adapter")
+    shutil.rmtree(run_dir)
+    from tunekit.models.trained import check_adapter_dir, trained_artifact
+
+    stored = registry.resolve("tickets@1")
+    assert trained_artifact(stored.run).path == stored.artifact_path and check_adapter_dir(stored.artifact_path)["r"] == 8
+    assert registry.promote("tickets@1", "production").to_version == 1
+
+
+def _copy_run(source: Path, target: Path, test_rows: int | None = None) -> Path:
+    import yaml
+
+    from tunekit.runs import read_jsonl, write_jsonl
+
+    shutil.copytree(source, target)
+    recipe = yaml.safe_load((target / "recipe.yaml").read_text())
+    recipe.update(name=target.name, output_dir=str(target.parent))
+    (target / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    if test_rows is not None:
+        write_jsonl(target / "data" / "test.jsonl", read_jsonl(target / "data" / "test.jsonl")[:test_rows])
+    shutil.rmtree(target / "eval", ignore_errors=True)
+    return target
+
+
+def test_holder_evaluated_on_candidates_test_set_when_they_differ(run_dir, tmp_path):  # noqa: F811
+    """The holder was scored on 5 tickets, the candidate on 3: the holder is scored again on those 3 before comparing."""
+    from tunekit.config import load_recipe
+    from tunekit.eval import evaluate
+    from tunekit.runs import RunPaths
+
+    overrides = ["eval.compare_base=false", "eval.metrics=[json_valid,field_accuracy,perplexity]"]
+    holder_run = _copy_run(run_dir, tmp_path / "runs" / "holder")
+    candidate_run = _copy_run(run_dir, tmp_path / "runs" / "candidate", test_rows=3)  # same adapter, fewer tickets
+    results = {}
+    for run in (holder_run, candidate_run):
+        results[run.name] = evaluate(load_recipe(run, overrides), RunPaths(run))
+        registry.register(run, name="tickets")
+    holder, candidate = registry.resolve("tickets@1"), registry.resolve("tickets@2")
+    assert holder.eval["test_set"]["n_examples"] == 5 and candidate.eval["test_set"]["n_examples"] == 3
+    assert holder.metrics["task.perplexity"] != candidate.metrics["task.perplexity"]  # so the check below means something
+    registry.promote("tickets@1", "production")
+    shutil.rmtree(holder_run)  # the holder is evaluated from the registry's own copy
+
+    result = registry.promote("tickets@2", "production")
+    evidence = result.evidence
+    assert evidence["current_evaluated_on"] == "tickets@2" and result.to_version == 2
+    # Same adapter, same three tickets, greedy decoding: the holder now scores exactly what the candidate scored,
+    # not what it scored on its own five.
+    assert evidence["current_metrics"]["task.perplexity"] == results["candidate"].metrics["task.perplexity"]
+    assert evidence["current_metrics"]["task.json_valid"] == results["candidate"].metrics["task.json_valid"]
+    gate = next(g for g in evidence["gates"] if g["gate"].startswith("task.field_accuracy"))
+    assert gate["passed"] and gate["current"]["task.field_accuracy"] == results["candidate"].metrics["task.field_accuracy"]
+    assert registry.history("tickets")[-1].evidence["current_evaluated_on"] == "tickets@2"

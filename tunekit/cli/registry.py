@@ -153,11 +153,14 @@ def promote(
     force: ForceOpt = False,
     reason: ReasonOpt = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", help="A promotion gate (repeatable), e.g. 'task.accuracy >= current'; replaces the defaults.")] = None,
+    evaluate_current: Annotated[bool, typer.Option(
+        "--evaluate-current/--no-evaluate-current",
+        help="When the holder's eval used another test set, evaluate it on the candidate's first (else such gates fail).")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import promote as promote_version
 
-    result = promote_version(ref, to, force=force, reason=reason, gates=gate or None)
+    result = promote_version(ref, to, force=force, reason=reason, gates=gate or None, evaluate_current=evaluate_current)
     if as_json:
         _echo_json(result.to_dict())
         return

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tunekit.errors import RegistryError
-from tunekit.registry.promotion import evaluate_promotion, refusal_message
+from tunekit.registry.promotion import evaluate_promotion, incomparable, refusal_message
 from tunekit.registry.records import AliasChange, PromotionResult, Ref, VersionRecord, check_name, parse_ref
 from tunekit.registry.store import connect, db_path, registry_root, transaction
 from tunekit.registry.versions import os_user, to_record, version_row
@@ -72,8 +72,12 @@ def _write_change(connection: sqlite3.Connection, model: str, alias: str, action
 
 
 def promote(ref: str, alias: str, *, force: bool = False, reason: str | None = None, gates: list[str] | None = None,
-            require_pass: bool = True, home: Path | None = None) -> PromotionResult:
-    """Give `alias` to the version `ref` names if the promotion gates pass (or `force`, with a reason)."""
+            require_pass: bool = True, evaluate_current: bool = True, home: Path | None = None) -> PromotionResult:
+    """Give `alias` to the version `ref` names if the promotion gates pass (or `force`, with a reason).
+
+    When the gates compare with the holder but its eval used other data, the holder is evaluated on
+    the candidate's test set first (`evaluate_current`; outside the write lock, which is why the
+    holder is checked again before the change), else those gates fail with the reason."""
     parsed = parse_ref(ref)
     if parsed.version is None and parsed.alias is None:
         raise RegistryError(f"promote needs a version: '{ref}@VERSION' (or '{ref}@ALIAS' to promote what an alias holds)")
@@ -81,23 +85,43 @@ def promote(ref: str, alias: str, *, force: bool = False, reason: str | None = N
     root = registry_root(home)
     connection = connect(root)
     try:
+        reevaluated = _reevaluated_holder(connection, root, parsed, alias, gates) if evaluate_current else None
         with transaction(connection):
-            candidate = to_record(connection, root, version_row(connection, parsed))
-            holder_row = _holder(connection, candidate.model, alias)
-            holder = to_record(connection, root, holder_row) if holder_row is not None else None
+            candidate, holder = _candidate_and_holder(connection, root, parsed, alias)
+            if reevaluated is not None:
+                if (candidate.id, holder.id if holder else None) != reevaluated[0]:
+                    raise RegistryError(f"'{candidate.model}@{alias}' changed while its holder was evaluated", hint="run the promote again")
+                holder = reevaluated[1]
             if holder is not None and holder.id == candidate.id:
                 raise RegistryError(f"{candidate.ref} already holds '{alias}'")
-            _check_override(_is_protected(connection, candidate.model, alias), force, reason, candidate.model, alias)
+            protected = _is_protected(connection, candidate.model, alias)
+            _check_override(protected, force, reason, candidate.model, alias)
             evidence = evaluate_promotion(candidate, holder, gates, require_pass=require_pass)
             if not evidence["passed"] and not force:
                 raise RegistryError(refusal_message(evidence, alias), hint="fix the model, or override with --force --reason TEXT (recorded)")
-            forced = force and (not evidence["passed"] or _is_protected(connection, candidate.model, alias))
+            forced = force and (not evidence["passed"] or protected)
             history_id = _write_change(connection, candidate.model, alias, "promote", holder.id if holder else None, candidate.id,
                                        reason, forced, evidence)
         return PromotionResult(candidate.model, alias, holder.version if holder else None, candidate.version, "promote",
                                forced, evidence, history_id)
     finally:
         connection.close()
+
+
+def _reevaluated_holder(connection: sqlite3.Connection, root: Path, ref: Ref, alias: str, gates: list[str] | None):
+    """((candidate id, holder id), holder scored on the candidate's data) when the recorded numbers are not comparable."""
+    candidate, holder = _candidate_and_holder(connection, root, ref, alias)
+    if holder is None or holder.id == candidate.id or not incomparable(candidate, holder, gates):
+        return None
+    from tunekit.registry.reeval import evaluate_holder_on_candidate_data
+
+    return (candidate.id, holder.id), evaluate_holder_on_candidate_data(holder, candidate)
+
+
+def _candidate_and_holder(connection: sqlite3.Connection, root: Path, ref: Ref, alias: str) -> tuple[VersionRecord, VersionRecord | None]:
+    candidate = to_record(connection, root, version_row(connection, ref))
+    holder_row = _holder(connection, candidate.model, alias)
+    return candidate, (to_record(connection, root, holder_row) if holder_row is not None else None)
 
 
 def _holder_stack(connection: sqlite3.Connection, model: str, alias: str) -> list[int]:

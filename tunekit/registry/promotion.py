@@ -6,8 +6,8 @@ eval gate code, over the candidate's metrics plus the holder's under `current.`.
 
 A number is only compared with the holder's when both were measured on the same data: a gate
 over `current.task.*` needs the same test-set fingerprint, one over `current.forgetting.*` the
-same forgetting suite items. Otherwise the gate fails with the reason (evaluating the holder on
-the candidate's test set first is not done yet). The default gates are skipped, not failed, when
+same forgetting suite items. Otherwise promotion first evaluates the holder on the candidate's
+test set (`tunekit.registry.reeval`), or, when asked not to, the gate fails with the reason. The default gates are skipped, not failed, when
 the candidate's eval did not measure their metric (a classification task has no field_accuracy);
 gates the user writes must be measured.
 """
@@ -71,6 +71,18 @@ def _fingerprint_label(fingerprint: dict) -> str:
     return f"sha256 {digest[:12]} (n={count})"
 
 
+def incomparable(candidate: VersionRecord, holder: VersionRecord | None, gates: list[str] | None = None) -> list[str]:
+    """Why the gates cannot compare the two versions' numbers as recorded (empty: they can)."""
+    if holder is None:
+        return []
+    names = [n for text in (DEFAULT_GATES if gates is None else gates) for n in parse_gate(expand_current(text)).names]
+    problems = []
+    for key, prefix in (("test_set", "current.task."), ("forgetting_suite", "current.forgetting.")):
+        if any(n.startswith(prefix) for n in names):
+            problems.append(_same_data(candidate, holder, key))
+    return [p for p in problems if p]
+
+
 def evaluate_promotion(candidate: VersionRecord, holder: VersionRecord | None, gates: list[str] | None = None,
                        *, require_pass: bool = True) -> dict:
     """The evidence: every gate with both sides (and the holder's value), PASS/FAIL, and the reasons."""
@@ -90,6 +102,8 @@ def evaluate_promotion(candidate: VersionRecord, holder: VersionRecord | None, g
         "candidate": candidate.ref, "current": holder.ref if holder else None, "passed": all(r["passed"] for r in rows),
         "gates": rows, "test_set": (candidate.eval or {}).get("test_set"),
         "current_test_set": (holder.eval or {}).get("test_set") if holder else None,
+        "current_evaluated_on": (holder.eval or {}).get("evaluated_on") if holder else None,
+        **({"current_metrics": holder.metrics} if holder is not None and (holder.eval or {}).get("evaluated_on") else {}),
     }
 
 
