@@ -299,7 +299,9 @@ def test_cli_register_promote_history_json(tmp_path):
     assert [(c["action"], c["from_version"], c["to_version"], c["forced"]) for c in changes] == [
         ("promote", None, 1, False), ("promote", 1, 2, True), ("rollback", 2, 1, False)]
     listed = json.loads(runner.invoke(app, ["registry", "list", "--json"]).stdout)
-    assert [(r["ref"], r["stage"]) for r in listed] == [("triage@1", "production"), ("triage@2", "experiment")]
+    assert [(r["ref"], r["stage"]) for r in listed] == [("triage@1", "production"), ("triage@2", "archived")]
+    assert runner.invoke(app, ["registry", "register", str(worse), "--name", "triage"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["registry", "list", "--json"]).stdout)[-1]["stage"] == "experiment"
     for command in (["list"], ["show", "triage@production"], ["lineage", "triage@1"], ["history", "triage"], ["verify"]):
         result = runner.invoke(app, ["registry", *command])
         assert result.exit_code == 0, (command, result.output)
@@ -386,3 +388,15 @@ def test_holder_evaluated_on_candidates_test_set_when_they_differ(run_dir, tmp_p
     gate = next(g for g in evidence["gates"] if g["gate"].startswith("task.field_accuracy"))
     assert gate["passed"] and gate["current"]["task.field_accuracy"] == results["candidate"].metrics["task.field_accuracy"]
     assert registry.history("tickets")[-1].evidence["current_evaluated_on"] == "tickets@2"
+
+
+def test_rollback_refuses_a_target_whose_files_are_gone(tmp_path):
+    first = registry.register(fake_run(tmp_path, "a", field_accuracy=0.80), name="triage")
+    registry.register(fake_run(tmp_path, "b", field_accuracy=0.85), name="triage")
+    registry.promote("triage@1", "production")
+    registry.promote("triage@2", "production")
+    shutil.rmtree(first.store_path, onerror=lambda f, p, _: (os.chmod(p, 0o700), f(p)))
+    with pytest.raises(RegistryError, match="cannot roll back to triage@1: its stored files are gone"):
+        registry.rollback("triage")
+    assert registry.alias_version("triage", "production")[0] == 2
+    assert registry.verify("triage@1").problems["triage@1"] == [f"artifact folder {first.store_path} is missing"]

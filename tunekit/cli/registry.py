@@ -62,18 +62,18 @@ def register(
 def list_(
     model: Annotated[Optional[str], typer.Argument(help="Only this model.", show_default=False)] = None, as_json: JsonOpt = False
 ) -> None:
-    from tunekit.registry import list_versions, stage_of
+    from tunekit.registry import ever_held, list_versions, stage_of
 
     records = list_versions(model)
-    latest = {r.model: r.version for r in records}
+    held = ever_held()
     if as_json:
-        _echo_json([{**r.to_dict(), "stage": stage_of(r, latest[r.model])} for r in records])
+        _echo_json([{**r.to_dict(), "stage": stage_of(r, r.ref in held)} for r in records])
         return
     table = Table(title="registry")
     for column in ("version", "stage", "aliases", "kind", "verdict", "field_accuracy", "created", "user", "note"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.ref, stage_of(r, latest[r.model]), ", ".join(r.aliases), r.kind, r.verdict or "-",
+        table.add_row(r.ref, stage_of(r, r.ref in held), ", ".join(r.aliases), r.kind, r.verdict or "-",
                       _metric(r.metrics, "task.field_accuracy"), _when(r.created), r.user or "-", escape(r.note or ""))
     console.print(table)
 
@@ -140,7 +140,7 @@ def history(
         table.add_column(column)
     for c in changes:
         gates = (c.evidence or {}).get("gates") or []
-        summary = ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAIL'}" for g in gates) if gates else "-"
+        summary = ", ".join(f"{g['gate']} {'skipped' if g.get('skipped') else 'ok' if g['passed'] else 'FAIL'}" for g in gates) or "-"
         table.add_row(str(c.id), _when(c.created), c.alias, c.action, str(c.from_version or "-"), str(c.to_version), c.user or "-",
                       "[red]yes[/]" if c.forced else "no", escape(c.reason or ""), escape(summary))
     console.print(table)

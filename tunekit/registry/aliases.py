@@ -25,14 +25,25 @@ from tunekit.registry.versions import os_user, to_record, version_row
 STAGE_ORDER = ("production", "staging")  # the aliases that name a stage; any other alias is free
 
 
-def stage_of(record: VersionRecord, latest_version: int) -> str:
-    """The derived stage: production / staging when it holds that alias, else experiment (newest) or archived."""
+def stage_of(record: VersionRecord, ever_held: bool) -> str:
+    """The derived stage: production / staging (or the free alias) it holds; else archived when it held one
+    before, experiment when it never did."""
     for alias in STAGE_ORDER:
         if alias in record.aliases:
             return alias
     if record.aliases:
         return record.aliases[0]
-    return "experiment" if record.version == latest_version else "archived"
+    return "archived" if ever_held else "experiment"
+
+
+def ever_held(*, home: Path | None = None) -> set[str]:
+    """`NAME@VERSION` of every version that has held an alias at some time (from the history)."""
+    connection = connect(registry_root(home))
+    try:
+        rows = connection.execute("SELECT DISTINCT v.model, v.version FROM alias_history h JOIN versions v ON v.id = h.to_version_id")
+        return {f"{r['model']}@{r['version']}" for r in rows}
+    finally:
+        connection.close()
 
 
 def _holder(connection: sqlite3.Connection, model: str, alias: str) -> sqlite3.Row | None:
@@ -150,6 +161,9 @@ def rollback(model: str, alias: str = "production", *, force: bool = False, reas
                 raise RegistryError(f"'{model}@{alias}' has no previous holder to roll back to (held only by {model}@{holder['version']})")
             _check_override(_is_protected(connection, model, alias), force, reason, model, alias)
             target = connection.execute("SELECT * FROM versions WHERE id = ?", (stack[-2],)).fetchone()
+            if not (root / target["store_path"]).is_dir() and not force:  # a cheap check; `verify` re-hashes
+                raise RegistryError(f"cannot roll back to {model}@{target['version']}: its stored files are gone ({root / target['store_path']})",
+                                    hint="run `tunekit registry verify`; --force --reason rolls back anyway")
             evidence = {"rolled_back": f"{model}@{holder['version']}", "restored": f"{model}@{target['version']}"}
             history_id = _write_change(connection, model, alias, "rollback", holder["id"], target["id"], reason, force, evidence)
         return PromotionResult(model, alias, holder["version"], target["version"], "rollback", force, evidence, history_id)
