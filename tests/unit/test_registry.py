@@ -245,7 +245,8 @@ def test_register_killed_mid_copy_leaves_no_version(tmp_path):
     assert registry.list_versions() == [] and registry.verify().ok
     assert not (root / "artifacts").exists() or not any((root / "artifacts").iterdir())
     assert len(list((root / "tmp").iterdir())) == 1  # the half copy stays out of sight under tmp/
-    assert registry.register(run).version == 1  # and the next register works
+    assert registry.register(run).version == 1  # the next register works, and removes the dead process's half copy
+    assert list((root / "tmp").iterdir()) == [] and registry.verify().ok
 
 
 def test_lineage_from_init_from_and_explicit_parent(tmp_path):

@@ -228,7 +228,9 @@ def alias_version(model: str, alias: str, *, home: Path | None = None) -> tuple[
             (model, alias),
         ).fetchone()
         return (row[0], row[1]) if row else None
-    except sqlite3.OperationalError:  # a database without the tables yet
-        return None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # created, not migrated yet
+            return None
+        raise
     finally:
         connection.close()

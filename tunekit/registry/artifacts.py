@@ -6,8 +6,9 @@ recipe.yaml, manifest.json, data/test.jsonl), so the stages that read a run read
 deleting or editing the run cannot change the version.
 
 Copies are written into `tmp/` first and renamed into place in one step: a process killed while
-copying leaves only a folder under `tmp/`, never a half-filled artifact folder, and the database
-row that makes a version visible is written after the rename. Stored files are made read-only to
+copying leaves only a folder under `tmp/` (named by its process id, removed by the next register
+once that process is gone), never a half-filled artifact folder, and the database row that makes
+a version visible is written after the rename. Stored files are made read-only to
 discourage editing in place; `verify` re-hashes them against the digests recorded at register time.
 """
 
@@ -94,6 +95,7 @@ def _copy_file(source: Path, target: Path) -> StoredFile:
 
 def store(root: Path, sources: dict[str, Path]) -> StoredTree:
     """Copy `sources` into the store under `root`; the stored tree (reused when identical content is stored)."""
+    remove_stale_copies(root)
     tmp = root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
@@ -115,6 +117,27 @@ def store(root: Path, sources: dict[str, Path]) -> StoredTree:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, onerror=_force_remove)
+
+
+def remove_stale_copies(root: Path) -> list[Path]:
+    """Remove half copies under tmp/ left by registers that were killed (their process is gone); the removed folders."""
+    removed = []
+    for folder in sorted((root / "tmp").glob("*-*")) if (root / "tmp").is_dir() else []:
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, onerror=_force_remove)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _make_read_only(folder: Path) -> None:
