@@ -44,12 +44,16 @@ def base_model_dir(tmp_path_factory, tiny_model_dir):
     tokenizer.chat_template = None
     tokenizer.bos_token = tokenizer.eos_token = tokenizer.pad_token = "<|endoftext|>"
     tokenizer.save_pretrained(out)
+    for name in ("config.json", "generation_config.json"):  # a base model ends its text with <|endoftext|>
+        config = json.loads((out / name).read_text())
+        config.update({key: 0 for key in ("bos_token_id", "eos_token_id", "pad_token_id") if key in config})
+        (out / name).write_text(json.dumps(config))
     assert not (out / "chat_template.jinja").exists()
     assert json.loads((out / "tokenizer_config.json").read_text()).get("chat_template") is None
     return out
 
 
-def _recipe(tmp_path, base_dir, chat_template, **train):
+def _recipe(tmp_path, base_dir, chat_template, chats=None, **train):
     recipe = parse_recipe(
         {
             "base_model": str(base_dir),
@@ -62,7 +66,7 @@ def _recipe(tmp_path, base_dir, chat_template, **train):
         base_dir=tmp_path,
     )
     run = RunPaths(recipe.run_dir)
-    rows = [{"messages": CHAT, "meta": {"source": "train.jsonl", "line": i + 1}} for i in range(4)]
+    rows = [{"messages": chat, "meta": {"source": "train.jsonl", "line": i + 1}} for i, chat in enumerate(chats or [CHAT] * 4)]
     write_jsonl(run.split("train"), rows)
     return recipe, run
 
@@ -166,12 +170,12 @@ def test_phi3_adds_its_tokens_and_the_mask_equals_the_hand_built_tensors(tmp_pat
     assert model.get_input_embeddings().weight.requires_grad
 
 
-def _train(tmp_path, base_model_dir, template):
+def _train(tmp_path, base_model_dir, template, chats=None, steps=3):
     from tunekit.train import train
 
-    recipe, run = _recipe(tmp_path, base_model_dir, template, max_steps=3, learning_rate=1e-2)
+    recipe, run = _recipe(tmp_path, base_model_dir, template, chats, max_steps=steps, learning_rate=1e-2)
     result = train(recipe, run, show_progress=False)
-    assert result.steps == 3
+    assert result.steps == steps
     return recipe, run
 
 
@@ -242,3 +246,49 @@ def test_a_missing_jinja_file_is_a_recipe_error(tmp_path, base_model_dir):
     with pytest.raises(RecipeError) as error:
         load_recipe(tmp_path / "recipe.yaml")
     assert f"chat_template: file not found: {tmp_path / 'missing.jinja'}" in str(error.value)
+
+
+@pytest.mark.slow
+def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_model_dir):
+    """Trained to answer "OK." in phi-3 turns, the merged model, the GGUF metadata and the Modelfile
+    carry phi-3 and <|end|>; llama.cpp, rendering the GGUF's own template, answers "OK." and stops
+    at <|end|> exactly as the HF model does (export's parity check); so does `tunekit serve RUN`."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from tunekit.export import export
+    from tunekit.export.gguf import read_gguf_metadata
+
+    chats = [[{"role": "user", "content": f"Ticket {i}: where is my order?"}, {"role": "assistant", "content": "OK."}] for i in range(8)]
+    recipe, run = _train(tmp_path, base_model_dir, "phi-3", chats, steps=40)
+    data = recipe.model_dump(mode="json")
+    data["export"].update(formats=["gguf", "ollama"], adapter=False)
+    data["export"]["gguf"]["types"] = ["F16"]
+    report = export(parse_recipe(data, base_dir=tmp_path), run).to_json()
+
+    phi3 = (CHAT_TEMPLATES_DIR / "phi-3.jinja").read_text()
+    merged = AutoTokenizer.from_pretrained(run.merged_dir)
+    assert merged.chat_template == phi3 and merged.eos_token == "<|end|>"
+    assert json.loads((run.merged_dir / "generation_config.json").read_text())["eos_token_id"][0] == 49155
+    metadata = read_gguf_metadata(next(run.export_dir.glob("*-F16.gguf")))
+    assert metadata["chat_template"] == phi3 and metadata["eos_token_id"] == 49155
+    parity = report["gguf"]["parity"]
+    assert parity["passed"] and parity["details"]
+    for answer in parity["details"]:
+        assert answer["prompt_identical"] and answer["hf"] == answer["gguf"] == "OK."
+        assert answer["hf_stopped"] and answer["gguf_finish"] == "stop"
+    modelfile = (run.export_dir / "Modelfile").read_text()
+    assert 'TEMPLATE """{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"""' in modelfile
+    assert 'PARAMETER stop "<|end|>"' in modelfile
+
+    # Serving the run: the template-less base gets the recipe's template and rows for its tokens,
+    # the adapter its trained embeddings; the answer stops at <|end|>.
+    from tunekit.serve.engine import Engine
+
+    engine = Engine.from_path(run.root)
+    try:
+        assert engine.served("t").tokenizer.chat_template == phi3
+        completion = engine.chat([{"role": "user", "content": "Ticket 9: where is my order?"}], max_tokens=8, temperature=0, model="t")
+        assert (completion.text, completion.finish_reason) == ("OK.", "stop")
+    finally:
+        engine.close()

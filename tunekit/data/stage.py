@@ -48,7 +48,7 @@ def prepare(recipe: Recipe, run: RunPaths) -> DataResult:
     (with `data.strict`) any removed row."""
     with console.status("loading the tokenizer"):
         model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
-        tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code)
+        tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
     run.root.mkdir(parents=True, exist_ok=True)
     run.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
     with console.status("preparing data"):

@@ -75,9 +75,16 @@ def _load_dir(path: Path, recipe: Recipe):
 
 
 def _load_base(recipe: Recipe):
-    from tunekit.models import resolve_model
+    """The base model with the recipe's chat template (the one the tuned side was trained with), and a
+    row for each token the template added, so both sides are asked in the same format."""
+    from tunekit.models import load_model, load_tokenizer, resolve_model
+    from tunekit.models.templates import resize_for_tokenizer
 
-    return _load_dir(Path(resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)), recipe)
+    path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
+    tokenizer = load_tokenizer(path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
+    model = load_model(path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
+    resize_for_tokenizer(model, tokenizer)
+    return _to_device(model), tokenizer
 
 
 def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, Answerer]:

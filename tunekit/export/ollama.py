@@ -1,7 +1,7 @@
 """An Ollama Modelfile for an exported GGUF: FROM, the chat template in Ollama's Go-template syntax,
 stop parameters, SYSTEM and PARAMETER lines, and the `ollama create` command.
 
-Templates are written per family (ChatML: SmolLM2, Qwen2.5; Llama 3) from the family's message
+Templates are written per family (ChatML: SmolLM2, Qwen2.5; Llama 3; Phi-3) from the family's message
 layout, and checked against the HF template: the layout rendered in Python for a few probe chats,
 the way Ollama would render the Go template, must equal `apply_chat_template`. A template whose
 family is unknown is not guessed: the Modelfile then has no TEMPLATE and the report says so.
@@ -44,6 +44,8 @@ FAMILIES = (
         bos="<|begin_of_text|>",
         stops=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     ),
+    # Phi-3 (and tunekit's shipped `phi-3` chat template): `<|role|>` headers, turns closed by `<|end|>`.
+    Family("phi3", "<|assistant|>", "<|{role}|>\n", "<|end|>\n", stops=("<|end|>", "<|user|>", "<|assistant|>")),
 )
 PROBE = [
     [{"role": "user", "content": "Ticket: my parcel is late."}],

@@ -223,11 +223,13 @@ class Engine:
 
         from tunekit.models import load_model, load_tokenizer, resolve_model
         from tunekit.models.loading import EMBEDDED_MODELS
+        from tunekit.models.templates import resize_for_tokenizer
 
         try:
             model_path = resolve_model(base.path, allow_pickle=base.allow_pickle)  # checks safetensors vs pickle
-            tokenizer = load_tokenizer(model_path, trust_remote_code=base.trust_remote_code)
+            tokenizer = load_tokenizer(model_path, trust_remote_code=base.trust_remote_code, chat_template=base.chat_template)
             model = load_model(model_path, trust_remote_code=base.trust_remote_code, allow_pickle=base.allow_pickle)
+            resize_for_tokenizer(model, tokenizer)  # a row for each token the recipe's template added
         except ModelError as exc:
             if base.path in EMBEDDED_MODELS or Path(base.path).exists():
                 raise

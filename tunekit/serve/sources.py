@@ -30,6 +30,7 @@ class Source:
     system_prompt: str | None = None  # applied when a request brings no system message
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    chat_template: str | None = None  # the recipe's `chat_template`, for a base that has none of its own
 
 
 def _looks_local(name: str) -> bool:
@@ -68,6 +69,7 @@ def _from_run(run_dir: Path, name: str | None, allow_pickle: bool, trust_remote_
         # The user opted in to these for this base model when writing the recipe.
         allow_pickle=allow_pickle or recipe.allow_pickle,
         trust_remote_code=trust_remote_code or recipe.trust_remote_code,
+        chat_template=recipe.chat_template,
     )
 
 
@@ -155,7 +157,9 @@ def plan(sources: list[Source]) -> tuple[Source, list[Source]]:
         base = complete[0]
     else:
         first = adapters[0]
-        base = Source(base_name(first.base), "model", first.base, first.base, None, first.allow_pickle, first.trust_remote_code)
+        base = Source(
+            base_name(first.base), "model", first.base, first.base, None, first.allow_pickle, first.trust_remote_code, first.chat_template
+        )
         if base.name in names:
             base.name = f"{base.name}-base"
     for adapter in adapters:

@@ -173,10 +173,10 @@ def _tokenizer_for_counting(recipe: Recipe):
     base = recipe.base_model
     kind = check_model_reference(base, allow_pickle=True)
     if kind == "local" or kind == "hub":
-        return load_tokenizer(base, trust_remote_code=recipe.trust_remote_code)
+        return load_tokenizer(base, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
     cached = tunekit_home() / "models" / base
     if kind == "embedded" and (cached / "tokenizer_config.json").is_file():
-        return load_tokenizer(str(cached))
+        return load_tokenizer(str(cached), chat_template=recipe.chat_template)
     gguf = _embedded_gguf(base) if kind == "embedded" else Path(base).expanduser()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
