@@ -26,6 +26,9 @@ COMMANDS = [
     ["export"],
     ["serve"],
     ["chat"],
+    ["cost"],
+    ["advise"],
+    ["registry"],
 ]
 
 

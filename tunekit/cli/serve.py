@@ -23,11 +23,12 @@ DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 
 def _yaml_mapping(path: Path) -> dict | None:
-    import yaml
+    from tunekit.errors import TunekitError
+    from tunekit.textfiles import read_yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path, "YAML file")
+    except TunekitError:
         return None  # load_recipe reports the file's problem with its line
     return data if isinstance(data, dict) else None
 

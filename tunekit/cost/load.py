@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from tunekit.cost.inputs import CostInputs
 from tunekit.cost.records import Layer, from_benchmark, from_estimate, from_request_log, from_run
 from tunekit.errors import TunekitError
+from tunekit.textfiles import read_yaml
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -29,14 +29,7 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
 def file_layer(path: Path) -> Layer:
     """The keys of a cost inputs YAML file (the shape of CostInputs), each sourced to the file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TunekitError(f"{path}: cannot read the inputs file: {exc.strerror}", hint="pass an existing YAML file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise TunekitError(f"{path}:{where} invalid YAML", hint="fix the YAML syntax of the inputs file") from None
+    data = read_yaml(path, "cost inputs YAML file", hint="see docs/cost.md for the inputs file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunekit.errors import TunekitError
+from tunekit.textfiles import read_yaml
 
 Provider = Literal["hyperscaler", "specialist", "marketplace"]
 PricePoint = Literal["low", "mid", "high"]
@@ -85,14 +86,7 @@ class PriceTable(_Strict):
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TunekitError(f"{path}: cannot read the price file: {exc.strerror}", hint="pass an existing YAML file to --prices") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise TunekitError(f"{path}:{where} invalid YAML in the price file", hint="fix the YAML syntax") from None
+    data = read_yaml(path, "price YAML file", hint="pass a price table YAML file to --prices (the shipped one: tunekit/cost/prices.yaml)")
     if not isinstance(data, dict):
         raise TunekitError(f"{path}: a price file is a YAML mapping (as_of, gpus, api)", hint="see tunekit/cost/prices.yaml")
     return data

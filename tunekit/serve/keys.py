@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunekit.errors import TunekitError
+from tunekit.textfiles import read_text
 
 ENV_USER_KEYS = "TUNEKIT_API_KEYS"
 ENV_ADMIN_KEY = "TUNEKIT_ADMIN_KEY"
@@ -100,7 +101,7 @@ def load_keys_file(path: Path) -> list[ApiKey]:
     hint = "see tunekit/serve/keys.py for the keys file format"
     if not path.is_file():
         raise TunekitError(f"{path}: keys file not found", hint="pass an existing keys_file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "keys file", hint=hint)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
