@@ -22,6 +22,7 @@ from tunekit.config.gates import gate_problems
 from tunekit.config.serve import ServeConfig
 from tunekit.config.train import TrainConfig
 from tunekit.errors import RecipeError
+from tunekit.textfiles import read_text
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -211,7 +212,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
     if not path.is_file():
         raise RecipeError(str(path), ["file not found; pass the path of a recipe YAML file or of a run directory"])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "recipe YAML file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -180,8 +180,14 @@ def load_tokenizer_with_template(model_path: str, *, trust_remote_code: bool = F
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ModelError(f"cannot load a tokenizer from '{model_path}': {exc}") from None
+    except (OSError, ValueError) as exc:
+        # A model directory with weights or a config but no tokenizer files ends in a ValueError
+        # ("Couldn't instantiate the backend tokenizer ...") rather than an OSError.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load a tokenizer from '{model_path}': {reason}",
+            hint="the model directory needs its tokenizer files (tokenizer.json or tokenizer_config.json + vocabulary)",
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template is None:
