@@ -20,7 +20,8 @@ def _write(path: Path, data) -> Path:
 
 
 def fake_run(root: Path, name: str, *, field_accuracy: float = 0.80, overall_drop: float | None = 0.01, passed: bool | None = True,
-             test_rows: int = 10, weights: bytes | None = None, init_from: str | None = None, export: bool = True) -> Path:
+             test_rows: int = 10, weights: bytes | None = None, init_from: str | None = None, init_sha256: str | None = None,
+             export: bool = True) -> Path:
     """A run directory laid out as tunekit writes one: adapter/, recipe, manifest, data/test.jsonl, eval/, export/."""
     run = root / name
     _write(run / "adapter" / "adapter_config.json", {"peft_type": "LORA", "r": 8, "base_model_name_or_path": "tiny"})
@@ -36,7 +37,7 @@ def fake_run(root: Path, name: str, *, field_accuracy: float = 0.80, overall_dro
         "run": name, "base_model": {"name": "tiny", "id": "tiny"},
         "datasets": {"prepared": {"test": {"path": str(test), "sha256": "x"}}, "sources": {}},
         "git": {"commit": "abc123", "dirty": False}, "packages": {"tunekit": "0.1.0"},
-        "training": {"init_from": init_from} if init_from else {},
+        "training": {"init_from": init_from, "init_sha256": init_sha256} if init_from else {},
     })
     if passed is not None:
         metrics = {"task.field_accuracy": field_accuracy, "task.json_valid": 1.0}

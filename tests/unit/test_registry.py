@@ -260,6 +260,14 @@ def test_lineage_from_init_from_and_explicit_parent(tmp_path):
     tree = registry.lineage("triage@2")
     assert [r.ref for r in tree["ancestors"]] == ["triage@1"] and [r.ref for r in tree["children"]] == ["triage@3"]
     assert [r.ref for r in registry.lineage("triage@3")["ancestors"]] == ["triage@2", "triage@1"]
+    # The parent run moved away: the child manifest's fingerprint of its init adapter still finds the version.
+    from tunekit.train.manifest import model_fingerprint
+
+    fingerprint = model_fingerprint(str(sft / "adapter"))["sha256"]
+    shutil.rmtree(sft)
+    moved = str(tmp_path / "moved" / "sft" / "adapter")  # the path says nothing: only the fingerprint can match
+    orphan = registry.register(fake_run(tmp_path, "dpo2", init_from=moved, init_sha256=fingerprint), name="other")
+    assert orphan.parent == "triage@1"
     with pytest.raises(RegistryError, match="has no version 9"):
         registry.register(fake_run(tmp_path, "x"), name="triage", parent="triage@9")
 
@@ -401,3 +409,10 @@ def test_rollback_refuses_a_target_whose_files_are_gone(tmp_path):
         registry.rollback("triage")
     assert registry.alias_version("triage", "production")[0] == 2
     assert registry.verify("triage@1").problems["triage@1"] == [f"artifact folder {first.store_path} is missing"]
+
+
+@pytest.mark.parametrize("command", ["", "register", "list", "show", "lineage", "history", "promote", "rollback", "protect",
+                                     "unprotect", "verify"])
+def test_help_works_for_every_registry_command(command):
+    result = CliRunner().invoke(_cli(), ["registry", *([command] if command else []), "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output, result.output
