@@ -38,6 +38,18 @@ class RunPaths:
         return self.data_dir / "data_report.json"
 
     @property
+    def data_html(self) -> Path:
+        return self.data_dir / "data_report.html"
+
+    @property
+    def lengths_plot(self) -> Path:
+        return self.data_dir / "lengths.png"
+
+    @property
+    def diversity_plot(self) -> Path:
+        return self.data_dir / "diversity.png"
+
+    @property
     def adapter_dir(self) -> Path:
         return self.root / "adapter"
 
@@ -77,12 +89,67 @@ class RunPaths:
         return self.eval_dir / "eval_report.json"
 
     @property
+    def eval_html(self) -> Path:
+        return self.eval_dir / "eval_report.html"
+
+    @property
+    def predictions(self) -> Path:
+        """Per-example prompts, references, outputs and metric values of the last eval."""
+        return self.eval_dir / "predictions.jsonl"
+
+    @property
+    def verdict(self) -> Path:
+        """The gate verdict a promotion step reads: {"passed": bool, "gates": [...]}."""
+        return self.eval_dir / "verdict.json"
+
+    @property
+    def forgetting_predictions(self) -> Path:
+        return self.eval_dir / "forgetting_predictions.jsonl"
+
+    @property
+    def preference_predictions(self) -> Path:
+        """Per held-out pair: each model's log-likelihood of the chosen and the rejected answer."""
+        return self.eval_dir / "preference_predictions.jsonl"
+
+    @property
+    def judge_rows(self) -> Path:
+        return self.eval_dir / "judge.jsonl"
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.eval_dir / "judge_cache.jsonl"
+
+    @property
     def export_dir(self) -> Path:
         return self.root / "export"
 
     @property
     def merged_dir(self) -> Path:
         return self.export_dir / "merged"
+
+    @property
+    def export_adapter_dir(self) -> Path:
+        return self.export_dir / "adapter"
+
+    @property
+    def export_report(self) -> Path:
+        return self.export_dir / "export_report.json"
+
+    @property
+    def quant_report(self) -> Path:
+        return self.export_dir / "quant_report.json"
+
+    @property
+    def modelfile(self) -> Path:
+        return self.export_dir / "Modelfile"
+
+    def gguf_file(self, model_name: str, type_name: str) -> Path:
+        """`export/<run>-F16.gguf`, `export/<run>-Q4_K_M.gguf`, ..."""
+        return self.export_dir / f"{model_name}-{type_name}.gguf"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
 
     def require(self, path: Path, stage: str) -> Path:
         """Fail with a clear message when an earlier stage's output is missing."""

@@ -303,22 +303,14 @@ def render_html(report: dict, run: RunPaths, lengths_png: Path | None = None) ->
     )
 
 
-def html_path(run: RunPaths) -> Path:
-    return run.data_report.with_suffix(".html")
-
-
-def lengths_path(run: RunPaths) -> Path:
-    return run.data_dir / "lengths.png"
-
-
 def report_outputs(run: RunPaths) -> tuple[Path, ...]:
     """Files written next to data_report.json, so a new prepare can clear stale ones first."""
-    return (html_path(run), lengths_path(run), run.data_dir / "diversity.png")
+    return (run.data_html, run.lengths_plot, run.diversity_plot)
 
 
 def write_html_report(report: dict, run: RunPaths) -> Path:
     """Write lengths.png and data_report.html into the run's data dir; returns the HTML path."""
-    lengths_png = plot_lengths(report, lengths_path(run))
-    path = html_path(run)
+    lengths_png = plot_lengths(report, run.lengths_plot)
+    path = run.data_html
     path.write_text(render_html(report, run, lengths_png), encoding="utf-8")
     return path

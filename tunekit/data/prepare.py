@@ -199,5 +199,5 @@ def _analyse_diversity(recipe: Recipe, run: RunPaths, report: dict, train: list[
         return
     from tunekit.data.diversity import analyse_diversity  # the optional extra, only when asked for
 
-    diversity = analyse_diversity(train, analysis.diversity_clusters, recipe.data.seed, run.data_dir / "diversity.png")
+    diversity = analyse_diversity(train, analysis.diversity_clusters, recipe.data.seed, run.diversity_plot)
     report.setdefault("analysis", {})["diversity"] = diversity

@@ -11,7 +11,7 @@ from tunekit.config import Recipe
 from tunekit.data.analyze import print_findings
 from tunekit.data.clean import DUPLICATE_REASONS
 from tunekit.data.neardup import leakage_summary
-from tunekit.data.html_report import html_path, token_histogram
+from tunekit.data.html_report import token_histogram
 from tunekit.data.split import token_stats
 from tunekit.data.validate import Example, InputFile
 from tunekit.console import console
@@ -170,4 +170,4 @@ def print_summary(report: dict, run: RunPaths) -> None:
     for line in leakage_summary(report):
         console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     print_findings(report)  # PII, labels, rules, warnings and the data verdict
-    console.print(f"report: {escape(str(run.data_report))} (readable: {escape(str(html_path(run)))})")
+    console.print(f"report: {escape(str(run.data_report))} (readable: {escape(str(run.data_html))})")

@@ -25,16 +25,6 @@ from tunekit.eval.targets import load_sides, require_trained, resolve_target
 from tunekit.runs import RunPaths, read_jsonl, write_json, write_jsonl
 
 
-def predictions_path(run: RunPaths) -> Path:
-    """Per-example prompts, references, outputs and metric values of the last eval."""
-    return run.eval_dir / "predictions.jsonl"
-
-
-def verdict_path(run: RunPaths) -> Path:
-    """The gate verdict a later promotion step reads: {"passed": bool, "gates": [...]}."""
-    return run.eval_dir / "verdict.json"
-
-
 @dataclass
 class EvalExample:
     """One test-split chat, split into what the model is asked and the answer it is scored against."""
@@ -131,7 +121,7 @@ def _judge(recipe: Recipe, run: RunPaths, examples, kept: list[int], outputs: di
         return None, []
     from tunekit.eval import judge
 
-    grader = judge.Judge(cfg, run.eval_dir / "judge_cache.jsonl")
+    grader = judge.Judge(cfg, run.judge_cache)
     chosen = kept[: cfg.max_items] if cfg.max_items else kept
     prompts = [examples[i].prompt for i in chosen]
     references = [examples[i].reference for i in chosen]
@@ -175,7 +165,7 @@ def evaluate(recipe: Recipe, run: RunPaths) -> EvalResult:
         reason = f"no test split in {run.data_dir} (give data.test or data.test_fraction to score the tuned model)"
         console.print(f"[yellow]eval skipped[/]: {reason}", soft_wrap=True)
         report = {"skipped": reason, "n_examples": 0, "metrics": {}}
-        return EvalResult(run.eval_report, predictions_path(run), verdict_path(run), 0, {}, True, report, skipped=reason)
+        return EvalResult(run.eval_report, run.predictions, run.verdict, 0, {}, True, report, skipped=reason)
     return _evaluate_task(recipe, run)
 
 
@@ -207,7 +197,7 @@ def _evaluate_pairs(recipe: Recipe, run: RunPaths, split: Path) -> EvalResult:
     settings = {"split": str(split), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
                 "tuned_source": sides["tuned"].source}
     report = {"n_examples": len(pairs), "preference": summary, "settings": settings, "metrics": preference.flat(summary)}
-    write_jsonl(run.eval_dir / "preference_predictions.jsonl", rows)
+    write_jsonl(run.preference_predictions, rows)
     return _gate_and_write(recipe, run, report, write_predictions=None)
 
 
@@ -239,9 +229,9 @@ def _evaluate_task(recipe: Recipe, run: RunPaths) -> EvalResult:
         },
     )
     if forgetting_rows:
-        write_jsonl(run.eval_dir / "forgetting_predictions.jsonl", forgetting_rows)
+        write_jsonl(run.forgetting_predictions, forgetting_rows)
     if judge_rows:
-        write_jsonl(run.eval_dir / "judge.jsonl", judge_rows)
+        write_jsonl(run.judge_rows, judge_rows)
     return _gate_and_write(recipe, run, report, write_predictions=lambda: list(_prediction_rows(examples, generations, scored, flags, excluded, nll)))
 
 
@@ -252,20 +242,20 @@ def _gate_and_write(recipe: Recipe, run: RunPaths, report: dict, write_predictio
     verdict = evaluate_gates(list(recipe.eval.gates), metrics)
     report["verdict"] = verdict
     write_json(run.eval_report, report)
-    write_json(verdict_path(run), {**verdict, "run": str(run.root), "report": str(run.eval_report)})
+    write_json(run.verdict, {**verdict, "run": str(run.root), "report": str(run.eval_report)})
     if write_predictions is not None:
         prediction_rows = write_predictions()
-        write_jsonl(predictions_path(run), prediction_rows)
-        write_html(report, run.eval_dir / "eval_report.html", prediction_rows)
+        write_jsonl(run.predictions, prediction_rows)
+        write_html(report, run.eval_html, prediction_rows)
     print_report(report)
-    console.print(f"report: {run.eval_report}; verdict: {verdict_path(run)}", soft_wrap=True)
+    console.print(f"report: {run.eval_report}; verdict: {run.verdict}", soft_wrap=True)
     if not verdict["passed"]:
         raise GateFailure(
-            f"{verdict['n_failed']} of {len(verdict['gates'])} eval gate(s) failed; verdict written to {verdict_path(run)}",
+            f"{verdict['n_failed']} of {len(verdict['gates'])} eval gate(s) failed; verdict written to {run.verdict}",
             hint="see the gate table above; the model should not be promoted (later stages of `tunekit run` are skipped)",
         )
     return EvalResult(
-        report_path=run.eval_report, predictions_path=predictions_path(run), verdict_path=verdict_path(run),
+        report_path=run.eval_report, predictions_path=run.predictions, verdict_path=run.verdict,
         n_examples=report["n_examples"], metrics=metrics, passed=verdict["passed"], report=report,
     )
 

@@ -92,11 +92,6 @@ def check_converter_gguf() -> None:
         )
 
 
-def gguf_path(export_dir: Path, model_name: str, type_name: str) -> Path:
-    """`<export>/<run>-F16.gguf`, `<export>/<run>-Q4_K_M.gguf`, ..."""
-    return export_dir / f"{model_name}-{type_name}.gguf"
-
-
 def _last_error_line(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in reversed(lines):

@@ -8,15 +8,11 @@ from pathlib import Path
 
 from tunekit.console import console
 from tunekit.errors import TunekitError
-from tunekit.export.gguf import CONVERTER_TYPES, REFERENCE_TYPE, GgufError, convert_to_gguf, fallback_line, gguf_path, quantize_gguf, read_gguf_metadata
+from tunekit.export.gguf import CONVERTER_TYPES, REFERENCE_TYPE, GgufError, convert_to_gguf, fallback_line, quantize_gguf, read_gguf_metadata
 from tunekit.runs import write_json
 
 # Parity needs only a few tokens to show a divergence; long eval budgets would only slow it down.
 MAX_PARITY_TOKENS = 64
-
-
-def quant_report_path(run) -> Path:
-    return run.export_dir / "quant_report.json"
 
 
 def _check_embedded_chat_format(path: Path, tokenizer) -> dict:
@@ -35,7 +31,7 @@ def _write_types(recipe, run, merged_dir: Path, reference: Path, fallbacks: dict
     for type_name in recipe.export.gguf.types:
         if type_name == REFERENCE_TYPE:
             continue
-        target = gguf_path(run.export_dir, recipe.run_name, type_name)
+        target = run.gguf_file(recipe.run_name, type_name)
         console.print(f"writing {target.name}…", soft_wrap=True)
         if type_name in CONVERTER_TYPES:
             written[type_name] = convert_to_gguf(merged_dir, target, type_name)
@@ -70,7 +66,7 @@ def export_gguf(recipe, run, merged_dir: Path) -> dict:
     options = recipe.export.gguf
     timings: dict[str, float] = {}
     tokenizer = load_tokenizer(str(merged_dir))
-    reference = gguf_path(run.export_dir, recipe.run_name, REFERENCE_TYPE)
+    reference = run.gguf_file(recipe.run_name, REFERENCE_TYPE)
     console.print(f"converting the merged model to {reference.name}…", soft_wrap=True)
     t0 = time.perf_counter()
     convert_to_gguf(merged_dir, reference, REFERENCE_TYPE)
@@ -102,8 +98,8 @@ def export_gguf(recipe, run, merged_dir: Path) -> dict:
                 Path(row["file"]).unlink(missing_ok=True)
                 row["file_removed"] = True
                 del result["files"][row["type"]]
-        write_json(quant_report_path(run), report)
-        result.update(quant_report=str(quant_report_path(run)), quant=report, blocked=report["blocked"])
+        write_json(run.quant_report, report)
+        result.update(quant_report=str(run.quant_report), quant=report, blocked=report["blocked"])
     return result
 
 
@@ -130,4 +126,4 @@ def export_ollama(recipe, run, merged_dir: Path, gguf: dict) -> dict:
 
     tokenizer = load_tokenizer(str(merged_dir))
     end_ids = end_of_turn_ids(tokenizer, GenerationConfig.from_pretrained(merged_dir))
-    return write_modelfile(run.export_dir, choose_ollama_gguf(recipe, gguf), tokenizer, end_ids, recipe)
+    return write_modelfile(run.modelfile, choose_ollama_gguf(recipe, gguf), tokenizer, end_ids, recipe)

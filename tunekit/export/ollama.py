@@ -106,8 +106,9 @@ def stop_strings(family: Family | None, tokenizer, end_ids: list[int]) -> list[s
     return list(dict.fromkeys(s for s in stops if s))
 
 
-def write_modelfile(export_dir: Path, gguf_file: Path, tokenizer, end_ids: list[int], recipe) -> dict:
-    """Write `export_dir/Modelfile` for `gguf_file`; return what was written and the create command."""
+def write_modelfile(path: Path, gguf_file: Path, tokenizer, end_ids: list[int], recipe) -> dict:
+    """Write the Modelfile at `path` (a run's RunPaths.modelfile) for `gguf_file`; return what was
+    written and the create command."""
     options = recipe.export.ollama
     family = detect_family(tokenizer.chat_template)
     system = options.system or recipe.data.system_prompt or (template_default_system(tokenizer, family) if family else None)
@@ -122,7 +123,6 @@ def write_modelfile(export_dir: Path, gguf_file: Path, tokenizer, end_ids: list[
     for key, value in options.parameters.items():
         for item in value if isinstance(value, list) else [value]:
             lines.append(f"PARAMETER {key} {_parameter_value(item)}")
-    path = export_dir / "Modelfile"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     name = ollama_model_name(options.model_name or recipe.run_name)
     return {

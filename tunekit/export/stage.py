@@ -46,10 +46,6 @@ class ExportResult:
         }
 
 
-def export_report_path(run: RunPaths) -> Path:
-    return run.export_dir / "export_report.json"
-
-
 def check_export_requirements(recipe: Recipe) -> None:
     """Fail before any weights are loaded (or, in `tunekit run`, before training) when the recipe asks
     for GGUF files and the extra that writes them is missing."""
@@ -70,10 +66,10 @@ def export(recipe: Recipe, run: RunPaths) -> ExportResult:
     if kind == "adapter":
         check_adapter_dir(source, allow_pickle=recipe.allow_pickle)
     options = recipe.export
-    result = ExportResult(report_path=export_report_path(run), run_dir=str(run.root), source=kind, adapter_source=str(source))
+    result = ExportResult(report_path=run.export_report, run_dir=str(run.root), source=kind, adapter_source=str(source))
     timings = result.timings_s
     if options.adapter and kind == "adapter":
-        result.adapter = copy_adapter(source, run.export_dir / "adapter")
+        result.adapter = copy_adapter(source, run.export_adapter_dir)
     if options.writes_merged:
         _timed(timings, "merged", lambda: _merged(recipe, run, kind, source, result))
     failure = _parity_failure(result, run)

@@ -296,7 +296,7 @@ def tracking_callbacks(recipe: Recipe, run: RunPaths) -> list:
 
             board = TensorBoardCallback()
             # In the run directory, next to metrics.jsonl (the default would be inside checkpoints/).
-            board.logging_dir = str(run.root / "tensorboard")
+            board.logging_dir = str(run.tensorboard_dir)
             callbacks.append(board)
         elif name == "mlflow":
             from transformers.integrations import MLflowCallback
