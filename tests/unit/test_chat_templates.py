@@ -261,6 +261,15 @@ def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_m
 
     chats = [[{"role": "user", "content": f"Ticket {i}: where is my order?"}, {"role": "assistant", "content": "OK."}] for i in range(8)]
     recipe, run = _train(tmp_path, base_model_dir, "phi-3", chats, steps=40)
+
+    # Eval: the tuned side answers in phi-3 and stops at <|end|>; the base side is asked in phi-3 too.
+    from tunekit.eval.runner import evaluate
+
+    test = [{"messages": [{"role": "user", "content": f"Ticket {i}: late parcel"}, {"role": "assistant", "content": "OK."}]} for i in (20, 21)]
+    write_jsonl(run.split("test"), test)
+    evaluate(recipe, run)
+    predictions = [json.loads(line) for line in (run.eval_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["tuned_output"], p["tuned_finish_reason"]) for p in predictions] == [("OK.", "stop")] * 2
     data = recipe.model_dump(mode="json")
     data["export"].update(formats=["gguf", "ollama"], adapter=False)
     data["export"]["gguf"]["types"] = ["F16"]
@@ -292,3 +301,39 @@ def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_m
         assert (completion.text, completion.finish_reason) == ("OK.", "stop")
     finally:
         engine.close()
+
+
+def test_dpo_from_the_base_and_from_an_sft_adapter_with_added_tokens(tmp_path, base_model_dir):
+    """DPO renders its pairs in the recipe's template; from the base it trains the new tokens' rows,
+    and continuing an SFT adapter trained with phi-3 finds a base grown to fit that adapter."""
+    from safetensors.torch import load_file
+
+    from tunekit.train import train
+
+    _, sft_run = _train(tmp_path / "sft", base_model_dir, "phi-3")
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Ticket {i}: my parcel is late."}],
+            "chosen": [{"role": "assistant", "content": "OK."}],
+            "rejected": [{"role": "assistant", "content": f"Not sure about parcel {i}."}],
+            "meta": {"source": "train.jsonl", "line": i + 1},
+        }
+        for i in range(4)
+    ]
+    for name, dpo in (("from-base", {}), ("from-sft", {"init_from": str(sft_run.root)})):
+        recipe = parse_recipe(
+            {
+                "base_model": str(base_model_dir),
+                "chat_template": "phi-3",
+                "data": {"train": "train.jsonl", "max_length": 128},
+                "train": {"method": "dpo", "batch_size": 2, "max_steps": 2, "learning_rate": 1e-2, "dpo": dpo},
+                "output_dir": "runs",
+                "name": name,
+            },
+            base_dir=tmp_path,
+        )
+        run = RunPaths(recipe.run_dir)
+        write_jsonl(run.split("train"), pairs)
+        assert train(recipe, run, show_progress=False).steps == 2
+        embedding = next(v for k, v in load_file(run.adapter_dir / "adapter_model.safetensors").items() if "embed_tokens" in k)
+        assert embedding.shape == (49156, 64), name

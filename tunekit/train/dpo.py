@@ -78,7 +78,8 @@ def starting_point(recipe: Recipe, model_path: str, tokenizer=None, added_tokens
             )
         return load_model(str(where), **load), None, {**details, "start": "full model", "reference": "precomputed from it"}, str(where)
     _check_adapter_base(where, model_path)
-    base = load_training_model(recipe, model_path)
+    # Rows for the tokens the chat template added, which an SFT adapter trained with it expects.
+    base = load_training_model(recipe, model_path, tokenizer)
     if adapter == "full":
         merged = PeftModel.from_pretrained(base, str(where)).merge_and_unload()
         return merged, None, {**details, "start": "base + adapter merged", "reference": "precomputed from it"}, model_path
