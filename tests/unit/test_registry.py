@@ -416,3 +416,18 @@ def test_rollback_refuses_a_target_whose_files_are_gone(tmp_path):
 def test_help_works_for_every_registry_command(command):
     result = CliRunner().invoke(_cli(), ["registry", *([command] if command else []), "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output, result.output
+
+
+def test_custom_gates_explicit_current_typos_and_unmeasured(tmp_path):
+    registry.register(fake_run(tmp_path, "a", field_accuracy=0.80), name="triage")
+    registry.register(fake_run(tmp_path, "b", field_accuracy=0.78), name="triage")
+    registry.promote("triage@1", "production")
+    with pytest.raises(RegistryError, match="promotion gate 'task.field_accuracy >>= 1'"):
+        registry.promote("triage@2", "production", gates=["task.field_accuracy >>= 1"])
+    with pytest.raises(RegistryError, match=r"task.field_accuracy >= current.task.field_accuracy: triage@2 0.78, triage@1 0.8"):
+        registry.promote("triage@2", "production", gates=["task.field_accuracy >= current.task.field_accuracy"])
+    with pytest.raises(RegistryError, match="task.rouge_l >= 0.1: not measured: task.rouge_l"):
+        registry.promote("triage@2", "production", gates=["task.rouge_l >= 0.1"])  # a gate the user wrote must be measured
+    result = registry.promote("triage@2", "production", gates=["task.field_accuracy >= current - 0.05"])
+    row = result.evidence["gates"][1]
+    assert row["passed"] and row["left"] == 0.78 and row["right"] == pytest.approx(0.75) and row["current"] == {"task.field_accuracy": 0.8}

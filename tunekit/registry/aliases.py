@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tunekit.errors import RegistryError
-from tunekit.registry.promotion import evaluate_promotion, incomparable, refusal_message
+from tunekit.registry.promotion import DEFAULT_GATES, check_gates, evaluate_promotion, incomparable, refusal_message
 from tunekit.registry.records import AliasChange, PromotionResult, Ref, VersionRecord, check_name, parse_ref
 from tunekit.registry.store import connect, db_path, registry_root, transaction
 from tunekit.registry.versions import os_user, to_record, version_row
@@ -93,6 +93,7 @@ def promote(ref: str, alias: str, *, force: bool = False, reason: str | None = N
     if parsed.version is None and parsed.alias is None:
         raise RegistryError(f"promote needs a version: '{ref}@VERSION' (or '{ref}@ALIAS' to promote what an alias holds)")
     check_name(alias, "alias")
+    check_gates(list(DEFAULT_GATES if gates is None else gates))
     root = registry_root(home)
     connection = connect(root)
     try:
