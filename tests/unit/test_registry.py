@@ -282,6 +282,8 @@ def test_resolve_errors_and_refs(tmp_path):
         registry.resolve("triage@production")
     with pytest.raises(RegistryError, match="not a valid model name"):
         registry.resolve("bad name")
+    with pytest.raises(RegistryError, match="'v2' cannot be an alias: NAME@v2 means version 2"):
+        registry.promote("triage@1", "v2")
     assert registry.alias_version("triage", "production") is None
     with pytest.raises(RegistryError, match="run directory .* not found"):
         registry.register(tmp_path / "missing")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunekit.errors import RegistryError
 from tunekit.registry.promotion import DEFAULT_GATES, check_gates, evaluate_promotion, incomparable, refusal_message
-from tunekit.registry.records import AliasChange, PromotionResult, Ref, VersionRecord, check_name, parse_ref
+from tunekit.registry.records import AliasChange, PromotionResult, Ref, VersionRecord, check_alias, check_name, parse_ref
 from tunekit.registry.store import connect, db_path, registry_root, transaction
 from tunekit.registry.versions import os_user, to_record, version_row
 
@@ -92,7 +92,7 @@ def promote(ref: str, alias: str, *, force: bool = False, reason: str | None = N
     parsed = parse_ref(ref)
     if parsed.version is None and parsed.alias is None:
         raise RegistryError(f"promote needs a version: '{ref}@VERSION' (or '{ref}@ALIAS' to promote what an alias holds)")
-    check_name(alias, "alias")
+    check_alias(alias)
     check_gates(list(DEFAULT_GATES if gates is None else gates))
     root = registry_root(home)
     connection = connect(root)
@@ -174,7 +174,7 @@ def rollback(model: str, alias: str = "production", *, force: bool = False, reas
 
 def protect(alias: str, *, model: str = "*", protected: bool = True, home: Path | None = None) -> None:
     """Protect (or unprotect) `alias` of `model` (`*`: of every model): changing it then needs --force and a reason."""
-    check_name(alias, "alias")
+    check_alias(alias)
     if model != "*":
         check_name(model, "model name")
     connection = connect(registry_root(home))

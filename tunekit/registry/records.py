@@ -37,6 +37,15 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_alias(value: str) -> str:
+    """An alias name, which must not read as a version number (`NAME@3` means version 3)."""
+    check_name(value, "alias")
+    if re.fullmatch(r"v?\d+", value):
+        raise RegistryError(f"'{value}' cannot be an alias: NAME@{value} means version {value.lstrip('v')}",
+                            hint="use a name such as production, staging or canary")
+    return value
+
+
 def parse_ref(text: str) -> Ref:
     """`NAME[@VERSION|@ALIAS]`; a version is all digits (optionally `v3`), anything else after @ an alias."""
     model, _, tail = text.partition("@")
