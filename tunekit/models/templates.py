@@ -74,7 +74,9 @@ def choose_template(reference: str) -> ChosenTemplate:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"chat_template: cannot read {path}: {exc}") from None
     if "messages" not in jinja:
-        raise ModelError(f"chat_template: {path} does not look like a chat template (it never reads `messages`)", hint=names_hint())
+        raise ModelError(
+            f"chat_template: {path} does not look like a chat template (it never reads `messages`)", hint=names_hint()
+        )
     markers = tuple(dict.fromkeys(_MARKER.findall(jinja)))
     return ChosenTemplate(str(path), jinja, TemplateTokens(markers, None))
 

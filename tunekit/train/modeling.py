@@ -36,7 +36,9 @@ def check_adapter_supported(recipe: Recipe) -> None:
 
 def training_tokenizer(recipe: Recipe, model_path: str):
     """(tokenizer with the recipe's chat template, ids of the tokens the template added)."""
-    return load_tokenizer_with_template(model_path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
+    return load_tokenizer_with_template(
+        model_path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template
+    )
 
 
 def load_training_model(recipe: Recipe, model_path: str, tokenizer=None):
@@ -48,7 +50,25 @@ def load_training_model(recipe: Recipe, model_path: str, tokenizer=None):
         model = load_model(model_path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
     if tokenizer is not None:
         resize_for_tokenizer(model, tokenizer)
+        if recipe.chat_template is not None:
+            _align_special_tokens(model, tokenizer)
     return model
+
+
+def _align_special_tokens(model, tokenizer) -> None:
+    """The model's configs take the eos/bos/pad the recipe's template set on the tokenizer.
+
+    The trainer would do the same at start-up, with a warning on the user's screen about tokens
+    "that differ"; here the difference is the recipe's choice, so it is made without one."""
+    from transformers.trainer_utils import align_special_tokens
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        align_special_tokens(model, tokenizer)
+    finally:
+        logging.set_verbosity(level)
 
 
 def _load_4bit(recipe: Recipe, model_path: str):
