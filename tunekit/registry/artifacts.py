@@ -25,9 +25,6 @@ from pathlib import Path
 from tunekit.runs import RunPaths
 
 _CHUNK = 1 << 20
-# What a version keeps from its run, besides the trained artifact and the export folder (all optional).
-RUN_FILES = ("recipe.yaml", "manifest.json", "data/test.jsonl", "data/data_report.json")
-RUN_DIRS = ("eval",)
 
 
 @dataclass(frozen=True)
@@ -69,13 +66,14 @@ def sha256_of(path: Path) -> str:
 def run_sources(run: RunPaths, artifact_dir: Path) -> dict[str, Path]:
     """{stored relative path: source file} for everything a version keeps from `run`."""
     sources: dict[str, Path] = {}
-    for top in (artifact_dir, run.export_dir, *(run.root / d for d in RUN_DIRS)):
+    for top in (artifact_dir, run.export_dir, run.eval_dir):
         if top.is_dir():
             for path in sorted(p for p in top.rglob("*") if p.is_file()):
                 sources[path.relative_to(run.root).as_posix()] = path
-    for name in RUN_FILES:
-        if (run.root / name).is_file():
-            sources[name] = run.root / name
+    # Besides those folders (all optional): what reproduces and judges it, and the test set it was scored on.
+    for path in (run.recipe, run.manifest, run.split("test"), run.data_report):
+        if path.is_file():
+            sources[path.relative_to(run.root).as_posix()] = path
     return sources
 
 

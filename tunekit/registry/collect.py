@@ -77,7 +77,7 @@ def forgetting_fingerprint(run: RunPaths, report: dict, recipe: dict) -> dict | 
     if not report.get("forgetting"):
         return None
     cfg = (recipe.get("eval") or {}).get("forgetting") or {}
-    path = run.eval_dir / "forgetting_predictions.jsonl"
+    path = run.forgetting_predictions
     ids = sorted(str(row["id"]) for row in read_jsonl(path) if not row.get("excluded")) if path.is_file() else None
     items_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest() if ids is not None else None
     return {"suites": cfg.get("suites"), "max_items": cfg.get("max_items"), "items_sha256": items_sha}
@@ -127,6 +127,6 @@ def collect(run: RunPaths) -> RunFacts:
         metrics=metrics,
         verdict=verdict,
         eval=eval_facts,
-        quant_report=_read_json(run.export_dir / "quant_report.json"),
+        quant_report=_read_json(run.quant_report),
         init_from=_init_from(manifest, recipe),
     )

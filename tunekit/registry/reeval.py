@@ -30,7 +30,7 @@ def _scored_rows(candidate: VersionRecord) -> list[dict]:
     if not run.split("test").is_file():
         raise RegistryError(f"{candidate.ref} has no stored test set (data/test.jsonl) to evaluate the current holder on")
     rows = read_jsonl(run.split("test"))
-    predictions = run.eval_dir / "predictions.jsonl"
+    predictions = run.predictions
     if predictions.is_file():
         kept = {p["index"] for p in read_jsonl(predictions) if not p.get("excluded")}
         return [row for i, row in enumerate(rows) if i in kept]
