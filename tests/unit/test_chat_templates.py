@@ -337,3 +337,44 @@ def test_dpo_from_the_base_and_from_an_sft_adapter_with_added_tokens(tmp_path, b
         assert train(recipe, run, show_progress=False).steps == 2
         embedding = next(v for k, v in load_file(run.adapter_dir / "adapter_model.safetensors").items() if "embed_tokens" in k)
         assert embedding.shape == (49156, 64), name
+
+
+@pytest.mark.parametrize(
+    ("name", "opening", "closing"),
+    [
+        ("chatml", "", "<|im_end|>"),
+        ("llama-3", "", "<|eot_id|>"),
+        ("gemma", "", "<end_of_turn>"),
+        ("mistral", " ", "<|endoftext|>"),  # the model writes the space after [/INST] too
+        ("phi-3", "", "<|end|>"),
+        ("alpaca", "", "<|endoftext|>"),
+    ],
+)
+def test_every_shipped_template_masks_exactly_the_replies_and_their_end(base_model_dir, name, opening, closing):
+    from tunekit.train.masking import tokenize_chat
+
+    tokenizer = load_tokenizer(str(base_model_dir), chat_template=name)
+    chat = tokenize_chat(tokenizer, CHAT)
+    trained = [token for token, mask in zip(chat.input_ids, chat.assistant_masks) if mask]
+    replies = [m["content"] for m in CHAT if m["role"] == "assistant"]
+    assert tokenizer.decode(trained) == "".join(opening + reply + closing for reply in replies)
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_ids(tokenizer)[0]) == closing  # what generation stops on
+    # The generation prompt is where the model starts writing: the reply follows it in the full chat.
+    prompt = tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.apply_chat_template(CHAT[:3], tokenize=False).startswith(prompt + opening + replies[0])
+
+
+def test_full_fine_tuning_grows_the_vocabulary_and_saves_the_template(tmp_path, base_model_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tunekit.train import train
+
+    recipe, run = _recipe(tmp_path, base_model_dir, "chatml", adapter="full", max_steps=1)
+    assert train(recipe, run, show_progress=False).steps == 1
+    assert AutoConfig.from_pretrained(run.model_dir).vocab_size == 49152  # chatml's markers are in SmolLM2's vocabulary
+    recipe, run = _recipe(tmp_path / "phi", base_model_dir, "phi-3", adapter="full", max_steps=1)
+    assert train(recipe, run, show_progress=False).steps == 1
+    config = AutoConfig.from_pretrained(run.model_dir)
+    saved = AutoTokenizer.from_pretrained(run.model_dir)
+    assert config.vocab_size == len(saved) == 49156 and config.eos_token_id == 49155
+    assert saved.chat_template == (CHAT_TEMPLATES_DIR / "phi-3.jinja").read_text()
