@@ -233,7 +233,9 @@ def test_a_jinja_file_next_to_the_recipe_is_used_and_its_markers_added(tmp_path,
     assert tokenizer.convert_ids_to_tokens(added) == ["<|turn|>", "<|done|>"]
     text = tokenizer.apply_chat_template(CHAT[1:3], tokenize=False)
     assert text == "<|turn|>user: Ticket 1: my parcel is late.<|done|>\n<|turn|>assistant: {\"category\": \"shipping\"}<|done|>\n"
-    assert end_of_turn_ids(tokenizer)[1] == tokenizer.convert_tokens_to_ids("<|done|>")
+    # The marker that closes a reply becomes the eos: generation (and a GGUF export) stops on it.
+    assert tokenizer.eos_token == "<|done|>"
+    assert end_of_turn_ids(tokenizer)[0] == tokenizer.convert_tokens_to_ids("<|done|>")
 
 
 def test_a_missing_jinja_file_is_a_recipe_error(tmp_path, base_model_dir):

@@ -100,11 +100,24 @@ def apply_template(tokenizer, chosen: ChosenTemplate) -> list[int]:
         # normalized=False: the marker is matched as written, never lower-cased or split.
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
     tokenizer.chat_template = chosen.jinja
-    if chosen.tokens.end_of_turn is not None:
+    end_of_turn = chosen.tokens.end_of_turn or _closing_marker(tokenizer, chosen.tokens.special)
+    if end_of_turn is not None:
         # The turn's closing token is what generation must stop on, here and in every export:
         # the GGUF's eos and the merged model's generation config are read from it.
-        tokenizer.eos_token = chosen.tokens.end_of_turn
+        tokenizer.eos_token = end_of_turn
     return [tokenizer.convert_tokens_to_ids(t) for t in missing]
+
+
+def _closing_marker(tokenizer, markers: tuple[str, ...]) -> str | None:
+    """The marker a template of the user's own writes right after an assistant reply, if any."""
+    probe = "tunekit-end-of-turn-probe"
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses this tiny chat keeps the tokenizer's eos
+        return None
+    tail = text.split(probe, 1)[1] if probe in text else ""
+    return next((marker for marker in markers if tail.startswith(marker)), None)
 
 
 def resize_for_tokenizer(model, tokenizer) -> bool:
