@@ -49,7 +49,8 @@ def _serving_file(path: Path, overrides: list[str]) -> dict:
 
 
 def serve_settings(
-    path: Path, host: str | None, port: int | None, max_new_tokens: int | None, overrides: list[str] | None = None
+    path: Path, host: str | None, port: int | None, max_new_tokens: int | None, overrides: list[str] | None = None,
+    backend: str | None = None,
 ) -> ServeConfig:
     """Command-line values win; then a serving YAML, or the run's recipe `serve` section (for a run dir
     or recipe); then defaults.
@@ -71,7 +72,7 @@ def serve_settings(
             f"--set needs a recipe or serving file, and {path} is neither",
             hint="pass --host, --port or --max-new-tokens instead",
         )
-    flags = {"host": host, "port": port, "max_new_tokens": max_new_tokens}
+    flags = {"host": host, "port": port, "max_new_tokens": max_new_tokens, "backend": backend}
     try:
         settings = ServeConfig.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
@@ -79,7 +80,7 @@ def serve_settings(
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else ""
             key = ".".join(str(p) for p in error["loc"])
-            given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{key}"
+            given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{key}" if key else "serve"
             problems.append(f"{given}: {error['msg'].removeprefix('Value error, ')}")
         where = f" in {path}" if base else ""
         raise TunekitError("; ".join(problems) + where, hint="see `tunekit serve --help` and docs/serving.md") from None
@@ -171,23 +172,24 @@ def serve_command(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the hub to run. Only for sources you trust.")
     ] = False,
+    backend: Annotated[
+        Optional[str], typer.Option(help="Engine: hf (transformers + PEFT), llamacpp (GGUF on llama.cpp) or vllm (default: serve.backend, else hf).")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     import uvicorn
 
-    from tunekit.serve import Engine, create_app
+    from tunekit.serve import create_app
+    from tunekit.serve.backends import open_engine
 
     first = Path(paths[0])
-    settings = serve_settings(first, host, port, max_new_tokens, set_)
+    settings = serve_settings(first, host, port, max_new_tokens, set_, backend)
     _check_port_free(settings.host, settings.port)  # fail before spending time on loading weights
     gateway, request_log = gateway_of(settings)
     specs = served_specs(paths, settings, is_serving_file(first))
     with console.status(f"loading {', '.join(map(str, paths))} ..."):
-        engine = Engine.from_paths(
-            specs, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-            max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_ms / 1000,
-        )
+        engine = open_engine(settings, specs, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     console.print(f"loaded {escape(engine.source)}", style="dim", soft_wrap=True)
     app = create_app(
         engine, max_new_tokens_limit=settings.max_new_tokens, adapter_roots=settings.adapter_roots,

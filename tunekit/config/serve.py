@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from tunekit.config.common import RecipePath, Section
 
@@ -16,6 +18,22 @@ class ServedEntry(Section):
 
 
 class ServeConfig(Section):
+    backend: Literal["hf", "llamacpp", "vllm"] = Field(
+        "hf",
+        description="Engine behind the API: hf (transformers + PEFT), llamacpp (GGUF files on llama.cpp), "
+        "vllm (a `vllm serve` subprocess, or `upstream_url`, behind tunekit's gateway).",
+    )
+    gguf: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_]+$",
+        description="llamacpp: which of a run's exported GGUF types to serve (F16, Q8_0, ...); unset: the smallest one "
+        "that passed the quantization gate.",
+    )
+    upstream_url: str | None = Field(
+        None, pattern=r"^https?://", description="vllm: an OpenAI-compatible server already running (its /v1 URL) to forward to "
+        "instead of starting `vllm serve`.",
+    )
+    vllm_args: list[str] = Field(default_factory=list, description="vllm: extra arguments for `vllm serve` (e.g. --max-model-len 4096).")
+    upstream_start_timeout_s: float = Field(900.0, gt=0, description="vllm: how long `vllm serve` may take to become healthy.")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, gt=0, lt=65536, description="TCP port.")
     max_new_tokens: int = Field(256, gt=0, description="Default and upper bound for `max_tokens` in requests.")
@@ -35,3 +53,12 @@ class ServeConfig(Section):
     request_timeout_s: float = Field(600.0, gt=0, description="Longest time one request may take (504 after it).")
     request_log: RecipePath | None = Field(None, description="SQLite file of one row per completion; unset: no log.")
     log_content: bool = Field(False, description="Also log prompts and answers (PII scrubbed) in the request log.")
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> "ServeConfig":
+        # An option of another backend would be silently ignored: say so instead.
+        if self.gguf is not None and self.backend != "llamacpp":
+            raise ValueError(f"gguf: only used by backend llamacpp (backend is {self.backend})")
+        if (self.upstream_url is not None or self.vllm_args) and self.backend != "vllm":
+            raise ValueError(f"upstream_url / vllm_args: only used by backend vllm (backend is {self.backend})")
+        return self

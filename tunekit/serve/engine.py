@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from tunekit.errors import ModelError, TunekitError
 from tunekit.serve.sources import Source, plan, resolve_source
+from tunekit.serve.stopstrings import safe_length, stop_cut
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -548,8 +549,7 @@ class Engine:
         ended_on_eos = token in self.eos_token_ids
         body = row.tokens[:-1] if ended_on_eos else row.tokens
         text = self.tokenizer.decode(body, skip_special_tokens=True)
-        stops = row.sampling.stop or []
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        cut = stop_cut(text, row.sampling.stop)
         if cut >= 0:
             self._emit(row, text[:cut], "stop")
         elif ended_on_eos:
@@ -557,13 +557,7 @@ class Engine:
         elif len(row.tokens) >= row.sampling.max_tokens:
             self._emit(row, text, "length")
         else:
-            # Hold back an unfinished UTF-8 character and any tail that may grow into a stop string.
-            safe = len(text.rstrip("\ufffd"))
-            for stop in stops:
-                for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                    if text.endswith(stop[:k]):
-                        safe = min(safe, len(text) - k)
-                        break
+            safe = safe_length(text, row.sampling.stop)
             if safe > row.sent:
                 row.gen._push(Event(row.index, text[row.sent : safe], None, len(row.tokens)))
                 row.sent = safe

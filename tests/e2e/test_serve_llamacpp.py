@@ -1,0 +1,202 @@
+"""`tunekit serve --backend llamacpp` end to end: the tiny model converted to GGUF, served by the real
+app under uvicorn, spoken to with the official `openai` client; answers checked against tunekit's
+own llama.cpp helpers (`chat_greedy`), which the export's parity check trusts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.test_serve import model_dir, running_server  # noqa: F401  (model_dir is a fixture)
+from tunekit.cli.serve import serve_settings
+from tunekit.errors import ModelError, TunekitError
+from tunekit.export.gguf import convert_to_gguf
+from tunekit.export.llamacpp import chat_greedy, open_gguf, prompt_token_ids, render_prompt
+from tunekit.serve import create_app
+from tunekit.serve.backends import open_engine
+from tunekit.serve.backends.gguf_files import resolve_gguf, run_gguf
+from tunekit.serve.backends.llamacpp import LlamaCppEngine
+
+PROMPTS = ["My parcel is late, order 1234.", "Refund for a broken mug please.", "What is two plus two?"]
+
+
+def _chat(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+@pytest.fixture(scope="module")
+def gguf_file(model_dir, tmp_path_factory) -> Path:  # noqa: F811
+    return convert_to_gguf(model_dir, tmp_path_factory.mktemp("gguf") / "tiny-chat-F16.gguf", "F16")
+
+
+@pytest.fixture(scope="module")
+def expected(gguf_file) -> dict:
+    """chat_greedy's answers (text, finish) and prompt token counts, from a separate llama.cpp context."""
+    with open_gguf(gguf_file) as llm:
+        return {
+            p: (*chat_greedy(llm, _chat(p), 16), len(prompt_token_ids(llm, render_prompt(llm, _chat(p))))) for p in PROMPTS
+        }
+
+
+@pytest.fixture(scope="module")
+def engine(gguf_file):
+    engine = LlamaCppEngine.from_paths([f"tiny={gguf_file}"])
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    with running_server(engine, limit=64) as url:
+        yield openai.OpenAI(base_url=url, api_key="tunekit", max_retries=0)
+
+
+def _ask(client, prompt: str, **extra):
+    return client.chat.completions.create(model="tiny", messages=_chat(prompt), temperature=0, **{"max_tokens": 16, **extra})
+
+
+def test_greedy_answers_equal_chat_greedy(client, expected):
+    answers = set()
+    for prompt in PROMPTS:
+        text, finish, prompt_tokens = expected[prompt]
+        response = _ask(client, prompt)
+        choice = response.choices[0]
+        assert (choice.message.content, choice.finish_reason) == (text, finish)
+        assert response.usage.prompt_tokens == prompt_tokens
+        assert 1 <= response.usage.completion_tokens <= 16
+        answers.add(text)
+    assert len(answers) > 1  # the prompts really steer the model: a wrong prompt would show
+
+
+def test_models_list_and_health(client, gguf_file):
+    listed = client.models.list().data
+    assert [(m.id, m.root) for m in listed] == [("tiny", str(gguf_file))]
+    health = httpx.get(str(client.base_url).removesuffix("/v1/") + "/health").json()
+    assert health["models"] == ["tiny"] and health["queue_depth"] == 0
+
+
+def test_stream_gives_the_same_text_and_usage(client, expected):
+    prompt = PROMPTS[0]
+    chunks = list(_ask(client, prompt, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert sum(1 for p in pieces if p) >= 2  # really streamed, piece by piece
+    assert "".join(pieces) == expected[prompt][0]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected[prompt][1]
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == expected[prompt][2]
+    plain = _ask(client, prompt)
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stop_string_cuts_the_answer(client, expected):
+    text = expected[PROMPTS[1]][0]
+    assert len(text) >= 6, text
+    stop = text[3:6]
+    cut = text[: text.find(stop)]
+    response = _ask(client, PROMPTS[1], stop=[stop])
+    assert response.choices[0].message.content == cut and response.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in _ask(client, PROMPTS[1], stop=[stop], stream=True) if c.choices)
+    assert streamed == cut
+
+
+def test_max_tokens_ends_with_length(client):
+    response = _ask(client, PROMPTS[2], max_tokens=3)
+    assert response.choices[0].finish_reason == "length" and response.usage.completion_tokens == 3
+
+
+def test_seed_repeats_a_sampled_answer(client):
+    def sample(seed):
+        return client.chat.completions.create(
+            model="tiny", messages=_chat(PROMPTS[0]), temperature=1.0, max_tokens=12, seed=seed
+        ).choices[0].message.content
+
+    first = sample(7)
+    assert sample(7) == first
+    assert len({first, sample(8), sample(9)}) > 1
+
+
+def test_text_completion_and_n(client):
+    response = client.completions.create(model="tiny", prompt="Order 1234 is", max_tokens=5, temperature=0)
+    assert response.choices[0].finish_reason in ("length", "stop") and response.usage.completion_tokens >= 1
+    several = client.chat.completions.create(model="tiny", messages=_chat(PROMPTS[0]), temperature=1.0, max_tokens=6, n=2, seed=3)
+    assert [c.index for c in several.choices] == [0, 1]
+
+
+def test_bad_requests_are_4xx_in_openai_shape(client):
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=_chat("hi"), max_tokens=4)
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as too_many:
+        _ask(client, "hi", max_tokens=1000)
+    assert too_many.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as role:
+        client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "hi"}], max_tokens=4)
+    assert role.value.status_code == 400 and role.value.body["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------- which file is served
+
+
+def _fake_run(root: Path, gguf_file: Path, types: list[str], blocked: list[str]) -> Path:
+    """A run directory as `tunekit export` leaves it: recipe, export/<run>-<TYPE>.gguf, quant_report.json."""
+    run = root / "runs" / "exp"
+    (run / "export").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(f"name: exp\nbase_model: {gguf_file.parent}\noutput_dir: {root / 'runs'}\ndata:\n  train: t.jsonl\n")
+    for index, type_name in enumerate(types):
+        target = run / "export" / f"exp-{type_name}.gguf"
+        shutil.copy(gguf_file, target)
+        with target.open("ab") as handle:  # sizes as real quantizations: F16 biggest
+            handle.write(b"\0" * (len(types) - index) * 1000)
+    report = {"blocked": blocked, "quantized": [{"type": t, "blocked": t in blocked} for t in types[1:]]}
+    (run / "export" / "quant_report.json").write_text(json.dumps(report))
+    return run
+
+
+def test_run_serves_the_smallest_file_that_passed_the_gate(gguf_file, tmp_path):
+    run = _fake_run(tmp_path, gguf_file, ["F16", "Q8_0", "Q4_K_M"], blocked=["Q4_K_M"])
+    assert run_gguf(run, None).name == "exp-Q8_0.gguf"
+    assert run_gguf(run, "f16").name == "exp-F16.gguf"
+    assert resolve_gguf(str(run)).path.name == "exp-Q8_0.gguf" and resolve_gguf(str(run)).name == "exp"
+    with pytest.raises(ModelError, match="no Q5_K_M file"):
+        run_gguf(run, "Q5_K_M")
+    with pytest.raises(ModelError, match="no GGUF export"):
+        run_gguf(_fake_run(tmp_path / "empty", gguf_file, [], []), None)
+
+
+def test_backend_setting_is_validated(tmp_path, gguf_file, model_dir):  # noqa: F811
+    assert serve_settings(gguf_file, None, None, None, backend="llamacpp").backend == "llamacpp"
+    with pytest.raises(TunekitError, match="--backend tgi"):
+        serve_settings(gguf_file, None, None, None, backend="tgi")
+    serving = tmp_path / "serving.yaml"
+    serving.write_text("backend: hf\ngguf: Q8_0\n")
+    with pytest.raises(TunekitError, match="gguf: only used by backend llamacpp"):
+        serve_settings(serving, None, None, None)
+    with pytest.raises(ModelError, match="PEFT adapter"):
+        resolve_gguf(str(_peft_adapter(model_dir, tmp_path / "adapter")))
+
+
+def _peft_adapter(model_dir: Path, out: Path) -> Path:  # noqa: F811
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(out)
+    return out
+
+
+def test_open_engine_picks_the_backend(gguf_file):
+    settings = serve_settings(gguf_file, None, None, None, backend="llamacpp")
+    engine = open_engine(settings, [str(gguf_file)])
+    try:
+        assert isinstance(engine, LlamaCppEngine) and list(engine.models) == [gguf_file.stem]
+        with running_server(engine, app=create_app(engine, max_new_tokens_limit=8)) as url:
+            response = openai.OpenAI(base_url=url, api_key="x", max_retries=0).chat.completions.create(
+                model=gguf_file.stem, messages=_chat(PROMPTS[2]), temperature=0
+            )
+            assert response.usage.completion_tokens <= 8
+    finally:
+        engine.close()
