@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,15 @@ class RunPaths:
         if not path.exists():
             raise RunDirError(f"{path} not found", hint=f"run `tunekit {stage}` first (or `tunekit run` for every stage)")
         return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (data splits, artifacts, GGUF files)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -22,7 +22,7 @@ from tunekit.eval.gates import evaluate as evaluate_gates
 from tunekit.eval.generation import Decoding, Generations
 from tunekit.eval.report import build_report, print_report, write_html
 from tunekit.eval.targets import load_sides, require_trained, resolve_target
-from tunekit.runs import RunPaths, read_jsonl, write_json, write_jsonl
+from tunekit.runs import RunPaths, read_jsonl, sha256_file, write_json, write_jsonl
 
 
 @dataclass
@@ -225,6 +225,7 @@ def _evaluate_task(recipe: Recipe, run: RunPaths) -> EvalResult:
             "reference_tokens_max": longest, "batch_size": cfg.batch_size, "decoding": decoding.name,
             "metrics": list(spec.metrics), "base_model": recipe.base_model, "target": resolve_target(recipe, run),
             "tuned_source": sides["tuned"].source, "test_file": str(run.split("test")),
+            "test_sha256": sha256_file(run.split("test")),  # what a registry compares before comparing scores
             "label_field": spec.label_field, "label_regex": spec.label_regex,
         },
     )

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunekit.runs import RunPaths
+from tunekit.runs import RunPaths, sha256_file
 
 _CHUNK = 1 << 20
 
@@ -53,14 +53,6 @@ def subtree_digest(files, prefix: str) -> str:
     """The digest of the files under `prefix/`, named relative to it (the adapter's own digest)."""
     inside = [StoredFile(f.path[len(prefix) + 1 :], f.sha256, f.size) for f in files if f.path.startswith(prefix + "/")]
     return tree_digest(inside)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_sources(run: RunPaths, artifact_dir: Path) -> dict[str, Path]:
@@ -160,7 +152,7 @@ def verify_tree(folder: Path, files: list[dict]) -> list[str]:
         if not path.is_file():
             problems.append(f"{item['path']}: missing")
             continue
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != item["sha256"]:
             problems.append(f"{item['path']}: altered (sha256 {actual[:12]}..., recorded {item['sha256'][:12]}...)")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -16,8 +16,7 @@ import yaml
 
 from tunekit.errors import RegistryError, RunDirError
 from tunekit.models.trained import trained_artifact
-from tunekit.registry.artifacts import sha256_of
-from tunekit.runs import RunPaths, read_jsonl
+from tunekit.runs import RunPaths, read_jsonl, sha256_file
 from tunekit.train.manifest import model_fingerprint
 
 
@@ -65,7 +64,7 @@ def test_set_fingerprint(run: RunPaths, report: dict, recipe: dict) -> dict | No
     settings = report.get("settings") or {}
     sha = settings.get("test_sha256")
     if sha is None and run.split("test").is_file():
-        sha = sha256_of(run.split("test"))
+        sha = sha256_file(run.split("test"))
     if sha is None:
         return None
     max_examples = (recipe.get("eval") or {}).get("max_examples")
@@ -121,7 +120,7 @@ def collect(run: RunPaths) -> RunFacts:
         artifact_fingerprint=model_fingerprint(str(trained.path)).get("sha256"),
         base_model=manifest.get("base_model") or ({"name": recipe["base_model"]} if recipe.get("base_model") else None),
         data_hashes=datasets,
-        recipe_sha256=sha256_of(run.recipe) if run.recipe.is_file() else None,
+        recipe_sha256=sha256_file(run.recipe) if run.recipe.is_file() else None,
         git=manifest.get("git"),
         packages=manifest.get("packages"),
         metrics=metrics,

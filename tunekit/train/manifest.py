@@ -9,15 +9,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from tunekit.runs import sha256_file
+
 PACKAGES = ("tunekit", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers", "safetensors", "bitsandbytes")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_fingerprint(source) -> str | None:

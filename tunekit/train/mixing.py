@@ -15,7 +15,7 @@ from tunekit.config import Recipe
 from tunekit.data.formats import KIND_FOR_METHOD
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths, write_jsonl
-from tunekit.train.manifest import sha256_file
+from tunekit.runs import sha256_file
 
 
 def mixed_count(task_rows: int, ratio: float) -> int:

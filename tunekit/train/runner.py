@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunekit.config import Recipe
 from tunekit.console import console
-from tunekit.runs import RunPaths, write_json
+from tunekit.runs import RunPaths, sha256_file, write_json
 from tunekit.train import cpt, dpo, manifest, sft
 from tunekit.train.advice import risky_settings
 from tunekit.train.common import TrainResult, count_parameters
@@ -124,7 +124,7 @@ def save_trained(recipe: Recipe, run: RunPaths, trainer) -> Path:
 
 def write_manifest(recipe: Recipe, run: RunPaths, model_path: str, details: dict, started: str, result: TrainResult) -> None:
     datasets = {
-        name: {"path": str(run.split(name)), "sha256": manifest.sha256_file(run.split(name))}
+        name: {"path": str(run.split(name)), "sha256": sha256_file(run.split(name))}
         for name in ("train", "val", "test")
         if run.split(name).exists()
     }
