@@ -23,7 +23,7 @@ from tunekit.errors import TunekitError
 from tunekit.serve.gateway import BodySizeLimit, Gateway, GatewayError, Principal
 from tunekit.serve.metrics import ServeMetrics
 from tunekit.serve.requestlog import RequestLog, RequestRecord
-from tunekit.serve.engine import ChatTemplateError, Engine, Generation, PromptTooLongError, Sampling, UnknownModelError
+from tunekit.serve.engine import ChatTemplateError, Engine, Generation, PromptTooLongError, Sampling, UnknownModelError, UpstreamError
 from tunekit.serve.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -49,7 +49,7 @@ logger = logging.getLogger("tunekit.serve")
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
     405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
-    503: "server_error", 504: "timeout_error",
+    502: "server_error", 503: "server_error", 504: "timeout_error",
 }
 _MAX_REPORTED_PROBLEMS = 3
 
@@ -112,6 +112,10 @@ def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
+
+def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
+    return error_response(exc.status, exc.message)
 
 
 def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
@@ -216,6 +220,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(UpstreamError, _upstream_error)
     app.add_exception_handler(Exception, _unexpected_error)
     gateway = gateway or Gateway()
     gateway.install(app)
@@ -271,7 +276,8 @@ def create_app(
         try:
             slot = gateway.admit(principal)
             gen = start(track, encode, _sampling(request, max_new_tokens_limit), request.n or 1, param)
-        except (APIError, GatewayError) as exc:
+            await gen.accepted()  # a proxy backend's upstream may refuse it: answer with its status, not a broken stream
+        except (APIError, GatewayError, UpstreamError) as exc:
             if slot is not None:
                 slot.release()
             track.finish(exc.status)
@@ -287,7 +293,7 @@ def create_app(
                 await gateway.with_timeout(collect(gen))
             status = 200
             return respond(ident, created, gen)
-        except GatewayError as exc:
+        except (GatewayError, UpstreamError) as exc:
             status = exc.status
             raise
         finally:

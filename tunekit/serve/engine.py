@@ -42,6 +42,14 @@ class UnknownModelError(TunekitError):
     """The requested model is not served here."""
 
 
+class UpstreamError(TunekitError):
+    """The upstream server a proxy backend forwards to failed or refused; `status` is what the client gets."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class Completion(NamedTuple):
     text: str
     prompt_tokens: int
@@ -129,6 +137,9 @@ class Generation:
     # -- called by the client
     def cancel(self) -> None:
         self.cancelled = True
+
+    async def accepted(self) -> None:
+        """Returns once the engine took the request; a proxy backend raises UpstreamError here when its upstream refused it."""
 
     def events(self):
         """Blocking iterator over events (for a Generation submitted without an event loop)."""
