@@ -193,7 +193,10 @@ def test_phi3_training_saves_the_template_and_tokens_and_moves_the_new_rows(tmp_
     assert "embed_tokens" in config["modules_to_save"]
 
     weights = load_file(run.adapter_dir / "adapter_model.safetensors")
-    embedding = next(v for k, v in weights.items() if "embed_tokens" in k)
+    # The trained embedding (and its tied lm_head copy), nothing else besides LoRA: no frozen originals.
+    assert sorted(k for k in weights if "lora_" not in k) == ["base_model.model.lm_head.weight", "base_model.model.model.embed_tokens.weight"]
+    embedding = weights["base_model.model.model.embed_tokens.weight"]
+    assert torch.equal(weights["base_model.model.lm_head.weight"], embedding)
     assert embedding.shape == (49156, 64)
     base = load_file(base_model_dir / "model.safetensors")["model.embed_tokens.weight"]
     start = base.mean(dim=0, keepdim=True).expand(4, -1)  # where the new rows began

@@ -116,7 +116,10 @@ def save_trained(recipe: Recipe, run: RunPaths, trainer) -> Path:
         target = run.adapter_dir
         if trainer.is_world_process_zero():
             # DPO from an SFT adapter also holds TRL's frozen "ref" copy; only the trained one is the result.
-            trainer.model.save_pretrained(target, selected_adapters=["default"])
+            # save_embedding_layers=False: embeddings the chat template's added tokens needed are
+            # trained copies in modules_to_save and saved as adapter weights; PEFT's "auto" would
+            # save every embedding tensor again (the frozen originals too) once the vocab has grown.
+            trainer.model.save_pretrained(target, selected_adapters=["default"], save_embedding_layers=False)
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(target)
     return target
