@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sqlite3
@@ -26,6 +27,14 @@ class Ref:
 
     def __str__(self) -> str:
         return self.model + (f"@{self.version}" if self.version is not None else f"@{self.alias}" if self.alias else "")
+
+
+def os_user() -> str | None:
+    """Who made a change (recorded with versions and alias changes)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return None
 
 
 def check_name(value: str, what: str) -> str:
