@@ -178,7 +178,12 @@ def _tokenizer_for_counting(recipe: Recipe):
     if kind == "embedded" and (cached / "tokenizer_config.json").is_file():
         return load_tokenizer(str(cached), chat_template=recipe.chat_template)
     gguf = _embedded_gguf(base) if kind == "embedded" else Path(base).expanduser()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if recipe.chat_template is not None:  # lengths are counted under the template training will use
+        from tunekit.models.templates import apply_template, choose_template
+
+        apply_template(tokenizer, choose_template(recipe.chat_template))
+    return tokenizer
 
 
 def _from_train_file(recipe: Recipe) -> tuple[int, int]:
