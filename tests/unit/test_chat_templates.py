@@ -191,6 +191,7 @@ def test_phi3_training_saves_the_template_and_tokens_and_moves_the_new_rows(tmp_
     assert saved.convert_tokens_to_ids(PHI3_TOKENS) == [49152, 49153, 49154, 49155] and saved.eos_token == "<|end|>"
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert "embed_tokens" in config["modules_to_save"]
+    assert json.loads(run.manifest.read_text())["training"]["added_tokens"] == PHI3_TOKENS
 
     weights = load_file(run.adapter_dir / "adapter_model.safetensors")
     # The trained embedding (and its tied lm_head copy), nothing else besides LoRA: no frozen originals.
