@@ -1,8 +1,10 @@
-"""Serving throughput on the embedded model (hf backend): one client sending requests one by one
-against 8 concurrent clients, same server, same requests; p50/p95 latency and time to first token.
-Then three adapters of the base: resident memory, and interleaved requests against one adapter.
+"""Serving throughput on the embedded model: one client sending requests one by one against 8
+concurrent clients, same server, same requests; p50/p95 latency and time to first token.
+hf backend: then three adapters of the base (resident memory, interleaved requests against one adapter).
+llamacpp backend: the embedded GGUF file itself (Q4_1), or --gguf FILE (e.g. an F16 export);
+`--backend both` measures hf then llamacpp and reports llamacpp's requests/s ratio to hf's.
 
-    .venv/bin/python bench/serve_throughput.py [--requests 24] [--max-tokens 24]
+    .venv/bin/python bench/serve_throughput.py [--backend hf|llamacpp|both] [--gguf FILE] [--requests 24] [--max-tokens 24]
 
 Prints a JSON report. A benchmark, not a test: it reports figures, it asserts nothing.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import socket
 import statistics
@@ -99,19 +103,36 @@ def adapters_of(engine: Engine, root: Path, count: int) -> list[str]:
     return names
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--max-tokens", type=int, default=24)
-    args = parser.parse_args()
+def concurrency(engine, requests: int, max_tokens: int) -> dict:
+    """One client one by one, then 8 concurrent clients, on the same server and requests."""
+    report: dict = {}
+    with serving(engine) as url:
+        measure(url, [engine.name], 2, 1, max_tokens)  # warm-up
+        report["one_client"] = measure(url, [engine.name], requests, 1, max_tokens)
+        report["eight_clients"] = measure(url, [engine.name], requests, 8, max_tokens)
+    report["speedup"] = round(report["eight_clients"]["requests_per_s"] / report["one_client"]["requests_per_s"], 2)
+    return report
+
+
+def llamacpp_report(args) -> dict:
+    """The llamacpp backend, measured as the hf one (it answers one request at a time: no adapters part)."""
+    from tunekit.serve.backends.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine.from_paths([args.gguf or "smollm2-135m-instruct"])
+    try:
+        report = {"model": engine.name, "backend": "llamacpp", "file": engine.models[engine.name].root, "threads": engine.threads}
+        report.update(concurrency(engine, args.requests, args.max_tokens))
+        report["peak_rss_mib"] = round(rss_mib(), 1)
+    finally:
+        engine.close()
+    return report
+
+
+def hf_report(args) -> dict:
     engine = Engine.from_path("smollm2-135m-instruct")
     base_rss = rss_mib()
     report: dict = {"model": engine.name, "backend": "hf"}
-    with serving(engine) as url:
-        measure(url, [engine.name], 2, 1, args.max_tokens)  # warm-up
-        report["one_client"] = measure(url, [engine.name], args.requests, 1, args.max_tokens)
-        report["eight_clients"] = measure(url, [engine.name], args.requests, 8, args.max_tokens)
-    report["speedup"] = round(report["eight_clients"]["requests_per_s"] / report["one_client"]["requests_per_s"], 2)
+    report.update(concurrency(engine, args.requests, args.max_tokens))
 
     with tempfile.TemporaryDirectory() as tmp:
         from tunekit.serve.sources import resolve_source
@@ -133,6 +154,28 @@ def main() -> None:
             "interleaved_extra": round(interleaved["wall_s"] / one_adapter["wall_s"] - 1, 3),
         }
     engine.close()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["hf", "llamacpp", "both"], default="hf")
+    parser.add_argument("--gguf", help="llamacpp: the GGUF file to serve (default: the embedded model's own file)")
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--max-tokens", type=int, default=24)
+    args = parser.parse_args()
+    settings = {"requests": args.requests, "max_tokens": args.max_tokens, "cpus": os.cpu_count(), "machine": platform.machine()}
+    if args.backend == "llamacpp":
+        print(json.dumps({**llamacpp_report(args), "settings": settings}, indent=2))
+        return
+    report = {**hf_report(args), "settings": settings}
+    if args.backend == "both":  # after hf: the peak RSS of the llamacpp part includes hf's, so only rates are compared
+        report = {"hf": report, "llamacpp": llamacpp_report(args)}
+        hf_rate, cpp_rate = report["hf"]["eight_clients"]["requests_per_s"], report["llamacpp"]["eight_clients"]["requests_per_s"]
+        report["llamacpp_vs_hf_eight_clients"] = round(cpp_rate / hf_rate, 2)
+        report["llamacpp_vs_hf_one_client"] = round(
+            report["llamacpp"]["one_client"]["requests_per_s"] / report["hf"]["one_client"]["requests_per_s"], 2
+        )
     print(json.dumps(report, indent=2))
 
 

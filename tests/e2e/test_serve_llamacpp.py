@@ -200,3 +200,22 @@ def test_open_engine_picks_the_backend(gguf_file):
             assert response.usage.completion_tokens <= 8
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_embedded_model_gguf_answers_like_chat_greedy():
+    """The embedded SmolLM2 GGUF, served as it ships (what bench/serve_throughput.py --backend llamacpp measures)."""
+    from tunekit.models.loading import _embedded_gguf
+
+    engine = LlamaCppEngine.from_paths(["smollm2-135m-instruct"])
+    messages = _chat("What is the capital of France?")
+    try:
+        with open_gguf(_embedded_gguf("smollm2-135m-instruct")) as llm:
+            text, finish = chat_greedy(llm, messages, 24)
+        with running_server(engine, limit=24) as url:
+            client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+            response = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=24)
+        assert (response.choices[0].message.content, response.choices[0].finish_reason) == (text, finish)
+        assert len(text) > 10 and "\ufffd" not in text  # a real answer, decoded whole
+    finally:
+        engine.close()
