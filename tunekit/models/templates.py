@@ -10,7 +10,8 @@ export (merged model, GGUF metadata, Modelfile) carries it from there.
 A template writes its own markers (`<|im_start|>`, `<start_of_turn>`...). Where the vocabulary
 has no such token, it is added as a special token: the text of a marker must never be split
 into ordinary sub-words, or "where a turn ends" would be a sequence the model can also write
-inside an answer. The rows of the added tokens are then trained (tunekit.train.modeling).
+inside an answer. The model then gets a row for each (`resize_for_tokenizer`), and training
+trains the embeddings with the adapter (tunekit.train.modeling says how and why).
 """
 
 from __future__ import annotations
