@@ -87,7 +87,7 @@ def make_trainer(
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from tunekit.train import fastpath
+    from tunekit.train import fastpath, lm_head
 
     plan = fastpath.plan_for(recipe, model)
     fastpath.apply_to_model(model, plan)
@@ -102,7 +102,9 @@ def make_trainer(
     )
     # Our progress bar and metrics.jsonl replace the trainer's raw dict printing.
     trainer.remove_callback(PrinterCallback)
-    return trainer, {"fast_path": plan.to_manifest()}
+    base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    compact_head = lm_head.score_trained_positions_only(base)
+    return trainer, {"fast_path": plan.to_manifest(), "lm_head_trained_positions_only": compact_head}
 
 
 def build_trainer(recipe: Recipe, run: RunPaths, callbacks: list | None = None):
