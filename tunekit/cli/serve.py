@@ -195,11 +195,27 @@ def serve_command(
         engine, max_new_tokens_limit=settings.max_new_tokens, adapter_roots=settings.adapter_roots,
         gateway=gateway, request_log=request_log,
     )
+    _follow_registry(engine)
     names = list(engine.models)
     _print_usage(names[-1] if len(names) > 1 else names[0], f"http://{_url_host(settings.host)}:{settings.port}/v1")
     if len(names) > 1:
         console.print(f"models: {', '.join(escape(n) for n in names)}", soft_wrap=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def _follow_registry(engine) -> None:
+    """Served NAME@ALIAS names follow promotions and rollbacks of that alias (hf backend)."""
+    followed = {name: m.follows for name, m in engine.models.items() if getattr(m, "follows", None)}
+    if not followed:
+        return
+    if not hasattr(engine, "replace_adapter"):
+        console.print(f"[yellow]warning:[/] this backend serves {', '.join(followed)} as registered now; it does not follow "
+                      "later promotions (the hf backend does)", soft_wrap=True)
+        return
+    from tunekit.serve.follow import AliasFollower
+
+    AliasFollower(engine, followed).start()
+    console.print(f"following the registry for {', '.join(escape(f) for f in followed.values())}", style="dim", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- client

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -45,6 +46,8 @@ from tunekit.serve.protocol import (
 )
 
 logger = logging.getLogger("tunekit.serve")
+# Which registry version answered a request for NAME@ALIAS (also in the request log's `version`).
+VERSION_HEADER = "x-tunekit-model-version"
 
 _ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
@@ -178,6 +181,15 @@ class _Accounting:
         self.adapter = ""
         self.closed = False
 
+    @property
+    def version(self) -> str | None:
+        """The registry version that answered (the one the request started on), when it is known."""
+        served = self.gen.model if self.gen is not None else None
+        return str(served.version) if served is not None and getattr(served, "version", None) is not None else None
+
+    def headers(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.version} if self.version else {}
+
     def finish(self, status: int, ident: str | None = None) -> None:
         if self.closed:
             return
@@ -188,14 +200,15 @@ class _Accounting:
         done = gen.completions() if gen is not None else []
         prompt_tokens = gen.prompt_tokens if gen is not None else 0
         completion_tokens = gen.completion_tokens if gen is not None else 0
+        version = self.version
         self.metrics.record(
-            model=self.model, adapter=self.adapter, status=status, duration_s=elapsed if gen else None, ttft_s=ttft,
+            model=self.model, adapter=self.adapter, version=version or "", status=status, duration_s=elapsed if gen else None, ttft_s=ttft,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )
         if self.log is not None:
             finish = ",".join(sorted({c.finish_reason for c in done})) or None
             self.log.write(RequestRecord(
-                model=self.model, status=status, adapter=self.adapter or None, key_id=self.principal.key_id,
+                model=self.model, status=status, adapter=self.adapter or None, version=version, key_id=self.principal.key_id,
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_s=elapsed, ttft_s=ttft,
                 finish_reason=finish, stream=self.stream, prompt=self.prompt,
                 output="\n".join(c.text for c in done) if done else None, **({"id": ident} if ident else {}),
@@ -236,7 +249,9 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": engine.name, "models": list(engine.models), "queue_depth": engine.queue_depth}
+        versions = {name: m.version for name, m in list(engine.models.items()) if getattr(m, "version", None) is not None}
+        return {"status": "ok", "model": engine.name, "models": list(engine.models), "queue_depth": engine.queue_depth,
+                **({"versions": versions} if versions else {})}
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -292,7 +307,8 @@ def create_app(
             with metrics.in_flight(track.model, track.adapter):
                 await gateway.with_timeout(collect(gen))
             status = 200
-            return respond(ident, created, gen)
+            body = respond(ident, created, gen)
+            return JSONResponse(jsonable_encoder(body), headers=track.headers()) if track.version else body
         except (GatewayError, UpstreamError) as exc:
             status = exc.status
             raise
@@ -336,7 +352,7 @@ def create_app(
                 slot.release()
                 track.finish(status)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **track.headers()})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, principal: Principal = Depends(gateway.user)):

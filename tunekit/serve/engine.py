@@ -16,6 +16,7 @@ adapter being removed stays until the rows that started on it have finished.
 from __future__ import annotations
 
 import asyncio
+import re
 import queue
 import threading
 import time
@@ -71,6 +72,8 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0
     retiring: bool = False
+    version: int | None = None  # the registry version answering under this name (NAME@ALIAS), else None
+    follows: str | None = None  # "NAME@ALIAS" whose holder this name answers with (see serve/follow.py)
 
 
 @dataclass
@@ -191,7 +194,8 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.models: dict[str, ServedModel] = {
-            base.name: ServedModel(base.name, "base", base.path, None, BASE_ADAPTER, tokenizer, base.system_prompt)
+            base.name: ServedModel(base.name, "base", base.path, None, BASE_ADAPTER, tokenizer, base.system_prompt,
+                                    version=base.version, follows=base.follows)
         }
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
@@ -199,6 +203,7 @@ class Engine:
         self._model_lock = threading.Lock()  # held for each forward pass, and to change adapters
         self._registry_lock = threading.Lock()
         self._retired: list[ServedModel] = []
+        self._swaps = 0  # adapters swapped in under a served name (replace_adapter)
         self._closed = False
         self.queue_depth = 0
         self._thread = threading.Thread(target=self._schedule, name="tunekit-scheduler", daemon=True)
@@ -261,12 +266,42 @@ class Engine:
     def add_adapter(self, source: Source) -> ServedModel:
         """Attach an adapter of this base under `source.name`, between decode steps. ModelError when it
         does not fit (other base, corrupt or pickled weights); the server keeps serving the others."""
-        from tunekit.models.trained import attach_adapter, check_adapter_dir
-        from tunekit.serve.sources import same_base
-
         with self._registry_lock:
             if source.name in self.models:
                 raise ModelError(f"a model named '{source.name}' is already served", hint="unload it first, or pick another name")
+        served = self._attach(source, source.name)
+        with self._registry_lock:
+            self.models[source.name] = served
+        return served
+
+    def replace_adapter(self, name: str, source: Source) -> ServedModel:
+        """Answer `name` with the adapter of `source` from now on (a registry alias that moved to another
+        version): the new weights load beside the old under their own PEFT name, the name switches in
+        one step, and rows already decoding finish on the old adapter before it is deleted."""
+        with self._registry_lock:
+            old = self.models.get(name)
+        if old is None or old.kind != "adapter":
+            raise UnknownModelError(f"no adapter named '{name}' is served")
+        if source.kind != "adapter":
+            raise ModelError(
+                f"{name}: version {source.version} is a complete model, and a running server swaps adapters of its base only",
+                hint="serve that version with its own server (or restart this one on it)",
+            )
+        self._swaps += 1
+        served = self._attach(source, f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}__swap{self._swaps}")
+        served.name = name
+        with self._registry_lock:
+            self.models[name] = served
+            old.retiring = True
+            self._retired.append(old)
+        self._drop_retired()
+        return served
+
+    def _attach(self, source: Source, adapter_name: str) -> ServedModel:
+        """Load the adapter of `source` into the model as PEFT adapter `adapter_name` (not yet served)."""
+        from tunekit.models.trained import attach_adapter, check_adapter_dir
+        from tunekit.serve.sources import same_base
+
         if not same_base(source.base, self.base_source.base, allow_pickle=self.base_source.allow_pickle):
             raise ModelError(
                 f"adapter '{source.name}' was trained on '{source.base}', but this server's base model is '{self.base_source.base}'",
@@ -277,13 +312,11 @@ class Engine:
         tokenizer = self._adapter_tokenizer(adapter_dir)
         with self._model_lock:
             self.model = attach_adapter(
-                self.model, adapter_dir, self.base_source.name, name=source.name, allow_pickle=source.allow_pickle
+                self.model, adapter_dir, self.base_source.name, name=adapter_name, allow_pickle=source.allow_pickle
             )
             self.model.eval()
-        served = ServedModel(source.name, "adapter", str(adapter_dir), self.base_source.name, source.name, tokenizer, source.system_prompt)
-        with self._registry_lock:
-            self.models[source.name] = served
-        return served
+        return ServedModel(source.name, "adapter", str(adapter_dir), self.base_source.name, adapter_name, tokenizer,
+                           source.system_prompt, version=source.version, follows=source.follows)
 
     def _adapter_tokenizer(self, adapter_dir: Path):
         """The adapter's own tokenizer when training saved one (its chat template wins); it must share the base's vocabulary."""

@@ -31,6 +31,8 @@ class Source:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     chat_template: str | None = None  # the recipe's `chat_template`, for a base that has none of its own
+    version: int | None = None  # the registry version served (NAME@ALIAS / NAME@VERSION), else None
+    follows: str | None = None  # "NAME@ALIAS" when the served version follows that registry alias
 
 
 def _looks_local(name: str) -> bool:
@@ -81,13 +83,40 @@ def _adapter_base(adapter_dir: Path) -> str:
     return str(base)
 
 
+def is_registry_ref(raw: str) -> bool:
+    """`NAME@ALIAS` or `NAME@VERSION` that is not a path here: a registry version to serve."""
+    return "@" in raw and "/" not in raw and not Path(raw).expanduser().exists()
+
+
+def from_registry(ref: str, name: str | None = None, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Source:
+    """The registry version `ref` names (NAME@ALIAS, NAME@VERSION), served from the registry's own copy
+    of its files (the run directory may be gone), after checking their digests."""
+    from tunekit import registry
+
+    parsed = registry.parse_ref(ref)
+    record = registry.resolve(parsed)
+    problems = registry.verify_version(record)
+    if problems:
+        raise ModelError(
+            f"{record.model}@{record.version} (from {ref}) fails its digest check, so it is not served: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            hint=f"`tunekit registry verify {record.model}@{record.version}` lists the problems; register the run again",
+        )
+    source = _from_run(record.store_path, name or ref, allow_pickle, trust_remote_code)
+    source.version = record.version
+    source.follows = str(parsed) if parsed.alias else None
+    return source
+
+
 def resolve_source(spec: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Source:
-    """One `tunekit serve` argument (optionally NAME=PATH) as a Source. Loads nothing."""
+    """One `tunekit serve` argument (optionally NAME=PATH or NAME=REGISTRY_REF) as a Source. Loads nothing."""
     from tunekit.models.loading import EMBEDDED_MODELS
 
     name, raw = split_name(str(spec))
     path = Path(raw).expanduser()
     flags = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    if is_registry_ref(raw):
+        return from_registry(raw, name, **flags)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         from tunekit.config import load_recipe
 
