@@ -1,6 +1,7 @@
 """`tunekit registry ...`: register runs as versions, aliases, promotion through gates, rollback, verify.
 
-Thin wrappers over tunekit.registry; `--json` prints the same records as JSON on stdout.
+Thin wrappers over tunekit.registry; `--json` prints the same records as JSON on stdout. Every command takes
+`--registry-uri` (default `$TUNEKIT_REGISTRY_URI`) to work on an MLflow tracking server instead of the local SQLite registry.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Override failing gates or a protected alias (needs --reason; recorded).")]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why the change is made (recorded in the history).")]
+UriOpt = Annotated[Optional[str], typer.Option(
+    "--registry-uri", help="An MLflow tracking server (http://host:port) to use as the registry "
+    "(default: $TUNEKIT_REGISTRY_URI, else the local SQLite registry; extra tunekit[mlflow]).", show_default=False)]
 
 
 def _echo_json(data) -> None:
@@ -45,11 +49,12 @@ def register(
     name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the run folder's name).")] = None,
     note: Annotated[Optional[str], typer.Option("--note", help="A note stored with the version.")] = None,
     parent: Annotated[Optional[str], typer.Option("--parent", help="Parent version NAME@VERSION (default: from the recipe's init_from).")] = None,
+    registry_uri: UriOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import register as register_version
 
-    record = register_version(run, name=name, note=note, parent=parent)
+    record = register_version(run, name=name, note=note, parent=parent, uri=registry_uri)
     if as_json:
         _echo_json(record.to_dict())
         return
@@ -60,12 +65,14 @@ def register(
 
 @app.command("list", help="Registered versions with their aliases, derived stage and eval verdict.")
 def list_(
-    model: Annotated[Optional[str], typer.Argument(help="Only this model.", show_default=False)] = None, as_json: JsonOpt = False
+    model: Annotated[Optional[str], typer.Argument(help="Only this model.", show_default=False)] = None,
+    registry_uri: UriOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import ever_held, list_versions, stage_of
 
-    records = list_versions(model)
-    held = ever_held()
+    records = list_versions(model, uri=registry_uri)
+    held = ever_held(uri=registry_uri)
     if as_json:
         _echo_json([{**r.to_dict(), "stage": stage_of(r, r.ref in held)} for r in records])
         return
@@ -79,10 +86,12 @@ def list_(
 
 
 @app.command("show", help="One version: NAME (latest), NAME@VERSION or NAME@ALIAS.")
-def show(ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@ALIAS]", show_default=False)], as_json: JsonOpt = False) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@ALIAS]", show_default=False)], registry_uri: UriOpt = None, as_json: JsonOpt = False
+) -> None:
     from tunekit.registry import resolve
 
-    record = resolve(ref)
+    record = resolve(ref, uri=registry_uri, fetch=False)
     if as_json:
         _echo_json(record.to_dict())
         return
@@ -107,10 +116,12 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[@VERSION|@ALIAS]", show_d
 
 
 @app.command("lineage", help="Ancestors and children of a version.")
-def lineage(ref: Annotated[str, typer.Argument(help="NAME@VERSION", show_default=False)], as_json: JsonOpt = False) -> None:
+def lineage(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION", show_default=False)], registry_uri: UriOpt = None, as_json: JsonOpt = False
+) -> None:
     from tunekit.registry import lineage as lineage_of
 
-    tree = lineage_of(ref)
+    tree = lineage_of(ref, uri=registry_uri)
     if as_json:
         _echo_json({"version": tree["version"].to_dict(), "ancestors": [r.to_dict() for r in tree["ancestors"]],
                     "children": [r.to_dict() for r in tree["children"]]})
@@ -127,11 +138,12 @@ def lineage(ref: Annotated[str, typer.Argument(help="NAME@VERSION", show_default
 def history(
     model: Annotated[str, typer.Argument(help="NAME", show_default=False)],
     alias: Annotated[Optional[str], typer.Option("--alias", help="Only this alias.")] = None,
+    registry_uri: UriOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import history as history_of
 
-    changes = history_of(model, alias)
+    changes = history_of(model, alias, uri=registry_uri)
     if as_json:
         _echo_json([c.to_dict() for c in changes])
         return
@@ -156,11 +168,13 @@ def promote(
     evaluate_current: Annotated[bool, typer.Option(
         "--evaluate-current/--no-evaluate-current",
         help="When the holder's eval used another test set, evaluate it on the candidate's first (else such gates fail).")] = True,
+    registry_uri: UriOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import promote as promote_version
 
-    result = promote_version(ref, to, force=force, reason=reason, gates=gate or None, evaluate_current=evaluate_current)
+    result = promote_version(ref, to, force=force, reason=reason, gates=gate or None, evaluate_current=evaluate_current,
+                             uri=registry_uri)
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -191,11 +205,12 @@ def rollback(
     alias: Annotated[str, typer.Option("--alias", help="The alias to roll back.")] = "production",
     force: ForceOpt = False,
     reason: ReasonOpt = None,
+    registry_uri: UriOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import rollback as rollback_alias
 
-    result = rollback_alias(model, alias, force=force, reason=reason)
+    result = rollback_alias(model, alias, force=force, reason=reason, uri=registry_uri)
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -208,31 +223,32 @@ def _protect_target(target: str) -> tuple[str, str]:
 
 
 @app.command("protect", help="Protect an alias (ALIAS for every model, or NAME@ALIAS): changing it needs --force and --reason.")
-def protect(target: Annotated[str, typer.Argument(help="ALIAS or NAME@ALIAS", show_default=False)]) -> None:
+def protect(target: Annotated[str, typer.Argument(help="ALIAS or NAME@ALIAS", show_default=False)], registry_uri: UriOpt = None) -> None:
     from tunekit.registry import protect as protect_alias
 
     model, alias = _protect_target(target)
-    protect_alias(alias, model=model)
+    protect_alias(alias, model=model, uri=registry_uri)
     console.print(f"alias '{alias}' protected for {'every model' if model == '*' else model}")
 
 
 @app.command("unprotect", help="Remove an alias's protection (ALIAS or NAME@ALIAS, as it was protected).")
-def unprotect(target: Annotated[str, typer.Argument(help="ALIAS or NAME@ALIAS", show_default=False)]) -> None:
+def unprotect(target: Annotated[str, typer.Argument(help="ALIAS or NAME@ALIAS", show_default=False)], registry_uri: UriOpt = None) -> None:
     from tunekit.registry import protect as protect_alias
 
     model, alias = _protect_target(target)
-    protect_alias(alias, model=model, protected=False)
+    protect_alias(alias, model=model, protected=False, uri=registry_uri)
     console.print(f"alias '{alias}' no longer protected for {'every model' if model == '*' else model}")
 
 
 @app.command("verify", help="Re-hash stored artifacts against the digests recorded at register time; exit 1 on any problem.")
 def verify(
     ref: Annotated[Optional[str], typer.Argument(help="NAME or NAME@VERSION (default: every version).", show_default=False)] = None,
+    registry_uri: UriOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from tunekit.registry import verify as verify_store
 
-    report = verify_store(ref)
+    report = verify_store(ref, uri=registry_uri)
     if as_json:
         _echo_json(report.to_dict())
     else:

@@ -88,8 +88,9 @@ class MlflowBackend:
 
         self.uri = uri.rstrip("/")
         self.root = home_root / "mlflow" / hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        client_class = _client_class()  # a missing extra is said before any network error
         _check_reachable(self.uri)
-        self.client = _client_class()(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client = client_class(tracking_uri=self.uri, registry_uri=self.uri)
 
     def close(self) -> None:
         pass
