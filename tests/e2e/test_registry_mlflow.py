@@ -118,6 +118,9 @@ def test_versions_are_mlflow_model_versions_with_tags_and_artifacts(mlflow_serve
     assert registry.lineage(first.ref, uri=uri)["children"][0].ref == second.ref
     assert [r.ref for r in registry.list_versions(model, uri=uri)] == [first.ref, second.ref]
     assert registry.verify(model, uri=uri).ok
+    with pytest.raises(RegistryError, match=rf"the MLflow server at {uri} refused: .*"):
+        registry.register(fake_run(tmp_path, "c"), name=model, note="x" * 200_000, uri=uri)  # over MLflow's tag limit
+    assert [r.version for r in registry.list_versions(model, uri=uri)] == [1, 2]  # a failed register leaves no version
 
 
 @pytest.mark.slow

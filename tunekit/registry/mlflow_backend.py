@@ -29,6 +29,7 @@ anyone with write access to the server; `verify` catches altered files, not an e
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -82,6 +83,27 @@ def _error_code(exc: Exception) -> str | None:
     return getattr(exc, "error_code", None)
 
 
+def _as_registry_errors(cls):
+    """Wrap the public methods: an MLflow error nobody handled becomes one RegistryError naming the server, not a traceback."""
+    def wrap(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return method(self, *args, **kwargs)
+            except MlflowException as exc:
+                raise RegistryError(f"the MLflow server at {self.uri} refused: {exc.message}",
+                                    hint="check the server's log; `tunekit registry verify` re-checks the stored versions") from None
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_"):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+@_as_registry_errors
 class MlflowBackend:
     def __init__(self, uri: str, home_root: Path):
         import hashlib
