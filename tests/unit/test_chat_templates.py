@@ -257,8 +257,9 @@ def test_a_missing_jinja_file_is_a_recipe_error(tmp_path, base_model_dir):
 @pytest.mark.slow
 def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_model_dir):
     """Trained to answer "OK." in phi-3 turns, the merged model, the GGUF metadata and the Modelfile
-    carry phi-3 and <|end|>; llama.cpp, rendering the GGUF's own template, answers "OK." and stops
-    at <|end|> exactly as the HF model does (export's parity check); so does `tunekit serve RUN`."""
+    carry phi-3 and <|end|>; llama.cpp, rendering the GGUF's own template, answers exactly as the
+    HF model does and stops at <|end|> (export's parity check); eval and `tunekit serve RUN` answer
+    "OK." and stop there too."""
     pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
@@ -271,7 +272,7 @@ def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_m
     # Eval: the tuned side answers in phi-3 and stops at <|end|>; the base side is asked in phi-3 too.
     from tunekit.eval.runner import evaluate
 
-    test = [{"messages": [{"role": "user", "content": f"Ticket {i}: late parcel"}, {"role": "assistant", "content": "OK."}]} for i in (20, 21)]
+    test = [{"messages": [{"role": "user", "content": f"Ticket {i}: where is my order?"}, {"role": "assistant", "content": "OK."}]} for i in (20, 21)]
     write_jsonl(run.split("test"), test)
     evaluate(recipe, run)
     predictions = [json.loads(line) for line in (run.eval_dir / "predictions.jsonl").read_text().splitlines()]
@@ -289,8 +290,8 @@ def test_the_gguf_export_carries_the_template_and_answers_in_it(tmp_path, base_m
     assert metadata["chat_template"] == phi3 and metadata["eos_token_id"] == 49155
     parity = report["gguf"]["parity"]
     assert parity["passed"] and parity["details"]
-    for answer in parity["details"]:
-        assert answer["prompt_identical"] and answer["hf"] == answer["gguf"] == "OK."
+    for answer in parity["details"]:  # export's own prompts, unlike the training ones: any answer, ended by <|end|>
+        assert answer["prompt_identical"] and answer["hf"] == answer["gguf"]
         assert answer["hf_stopped"] and answer["gguf_finish"] == "stop"
     modelfile = (run.export_dir / "Modelfile").read_text()
     assert 'TEMPLATE """{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n"""' in modelfile
