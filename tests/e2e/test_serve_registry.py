@@ -128,20 +128,27 @@ def test_altered_stored_files_are_refused(registered):
         engine.close()
 
 
-def test_health_and_request_log_say_the_version(registered, tmp_path):
+def test_health_request_log_and_headers_say_the_version_and_the_rate_limit(registered, tmp_path):
+    from tunekit.serve.gateway import Gateway, GatewaySettings
     from tunekit.serve.requestlog import RequestLog
 
     engine = Engine.from_paths(["triage@production"])
     log = RequestLog(tmp_path / "requests.db")
-    app = create_app(engine, max_new_tokens_limit=8, request_log=log)
+    app = create_app(engine, max_new_tokens_limit=8, request_log=log, gateway=Gateway(GatewaySettings(rate_per_min=120)))
     try:
         with running_server(engine, app=app) as url:
             client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
             _ask(client)
+            body = {"model": "triage@production", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2, "stream": True}
+            with httpx.stream("POST", f"{url}/chat/completions", json=body) as streamed:
+                headers = streamed.headers
+                streamed.read()
             health = httpx.get(url.removesuffix("/v1") + "/health").json()
     finally:
         engine.close()
     assert health["versions"] == {"triage@production": 1}
+    assert headers["x-tunekit-model-version"] == "1"
+    assert headers["x-ratelimit-limit-requests"] == "120" and headers["x-ratelimit-remaining-requests"] == "118"
     log.flush()
     rows = log.rows()
-    assert [(r["model"], r["version"]) for r in rows] == [("triage@production", "1")]
+    assert [(r["model"], r["version"]) for r in rows] == [("triage@production", "1")] * 2

@@ -197,6 +197,22 @@ def test_token_bucket_refills_on_the_clock_with_retry_after():
     assert [chat(client, USER_KEY).status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_admissions_carry_openais_rate_limit_headers():
+    gateway = keyed_gateway(rate_per_min=2)
+    clock = gateway._clock
+    user = gateway.authenticate(f"Bearer {USER_KEY}")
+    first = gateway.admit(user)
+    assert first.headers == {"x-ratelimit-limit-requests": "2", "x-ratelimit-remaining-requests": "1",
+                             "x-ratelimit-reset-requests": "30.000s"}
+    second = gateway.admit(user)
+    assert second.headers["x-ratelimit-remaining-requests"] == "0" and second.headers["x-ratelimit-reset-requests"] == "60.000s"
+    clock.now += 15.0
+    with pytest.raises(GatewayError) as caught:
+        gateway.admit(user)
+    assert caught.value.headers["x-ratelimit-reset-requests"] == "45.000s" and caught.value.headers["Retry-After"] == "15"
+    assert Gateway(GatewaySettings(), KeyStore([])).admit(Principal("anyone")).headers == {}  # no rate limit: no headers
+
+
 def test_per_key_rate_overrides_default_and_burst_sets_capacity():
     gateway = Gateway(GatewaySettings(rate_per_min=60, burst=3), KeyStore([]), clock=FakeClock())
     anonymous = gateway.authenticate(None)
@@ -204,12 +220,13 @@ def test_per_key_rate_overrides_default_and_burst_sets_capacity():
         gateway.admit(anonymous).release()
     with pytest.raises(GatewayError) as caught:
         gateway.admit(anonymous)
-    assert caught.value.status == 429 and caught.value.headers == {"Retry-After": "1"}
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "1"
+    assert caught.value.headers["x-ratelimit-remaining-requests"] == "0" and caught.value.headers["x-ratelimit-limit-requests"] == "60"
     slow = Principal("slow", rate_per_min=1)
     gateway.admit(slow).release()
     with pytest.raises(GatewayError) as caught:
         gateway.admit(slow)
-    assert caught.value.headers == {"Retry-After": "60"}
+    assert caught.value.headers["Retry-After"] == "60"
 
 
 def test_concurrency_limit_with_two_requests_in_flight():

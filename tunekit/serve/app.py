@@ -180,6 +180,7 @@ class _Accounting:
         self.gen: Generation | None = None
         self.adapter = ""
         self.closed = False
+        self.slot = None  # the gateway's Admission, whose rate-limit headers the response carries
 
     @property
     def version(self) -> str | None:
@@ -188,7 +189,8 @@ class _Accounting:
         return str(served.version) if served is not None and getattr(served, "version", None) is not None else None
 
     def headers(self) -> dict[str, str]:
-        return {VERSION_HEADER: self.version} if self.version else {}
+        limits = self.slot.headers if self.slot is not None else {}
+        return {**limits, **({VERSION_HEADER: self.version} if self.version else {})}
 
     def finish(self, status: int, ident: str | None = None) -> None:
         if self.closed:
@@ -289,7 +291,7 @@ def create_app(
         track = _Accounting(metrics, request_log, request.model, principal, bool(request.stream), prompt_content)
         slot = None
         try:
-            slot = gateway.admit(principal)
+            slot = track.slot = gateway.admit(principal)
             gen = start(track, encode, _sampling(request, max_new_tokens_limit), request.n or 1, param)
             await gen.accepted()  # a proxy backend's upstream may refuse it: answer with its status, not a broken stream
         except (APIError, GatewayError, UpstreamError) as exc:
@@ -308,7 +310,8 @@ def create_app(
                 await gateway.with_timeout(collect(gen))
             status = 200
             body = respond(ident, created, gen)
-            return JSONResponse(jsonable_encoder(body), headers=track.headers()) if track.version else body
+            headers = track.headers()
+            return JSONResponse(jsonable_encoder(body), headers=headers) if headers else body
         except (GatewayError, UpstreamError) as exc:
             status = exc.status
             raise

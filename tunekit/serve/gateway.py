@@ -182,11 +182,25 @@ class _Bucket:
         return (1 - self.tokens) / self.rate_per_s
 
 
-class Admission:
-    """A held concurrency slot. `release()` is idempotent; usable as a sync or async context manager."""
+def _rate_headers(rate_per_min: float, bucket: _Bucket) -> dict[str, str]:
+    """OpenAI's names: the limit, what is left now, and when the bucket is full again."""
+    reset_s = (bucket.capacity - bucket.tokens) / bucket.rate_per_s if bucket.rate_per_s > 0 else 0.0
+    return {
+        "x-ratelimit-limit-requests": f"{rate_per_min:g}",
+        "x-ratelimit-remaining-requests": str(max(0, math.floor(bucket.tokens))),
+        "x-ratelimit-reset-requests": f"{reset_s:.3f}s",
+    }
 
-    def __init__(self, gateway: "Gateway", key_id: str):
+
+class Admission:
+    """A held concurrency slot. `release()` is idempotent; usable as a sync or async context manager.
+
+    `headers` are OpenAI's x-ratelimit-* headers for a key with a rate limit (limit per minute,
+    requests left in the bucket, time until it is full again), empty otherwise."""
+
+    def __init__(self, gateway: "Gateway", key_id: str, headers: dict[str, str] | None = None):
         self._gateway, self.key_id, self._held = gateway, key_id, True
+        self.headers = headers or {}
 
     def release(self) -> None:
         if self._held:
@@ -315,8 +329,10 @@ class Gateway:
                     code="concurrency_limit_exceeded",
                     headers={"Retry-After": "1"},
                 )
+            headers: dict[str, str] = {}
             if principal.rate_per_min is not None:
-                wait_s = self._bucket(principal).take(self._clock())
+                bucket = self._bucket(principal)
+                wait_s = bucket.take(self._clock())
                 if wait_s > 0:
                     retry = max(1, math.ceil(wait_s - 1e-6))  # 10.000000001 s is "10", not "11"
                     raise GatewayError(
@@ -325,10 +341,11 @@ class Gateway:
                         f"try again in {retry} s",
                         type="requests",
                         code="rate_limit_exceeded",
-                        headers={"Retry-After": str(retry)},
+                        headers={"Retry-After": str(retry), **_rate_headers(principal.rate_per_min, bucket)},
                     )
+                headers = _rate_headers(principal.rate_per_min, bucket)
             self._in_flight[key_id] = in_flight + 1
-        return Admission(self, key_id)
+        return Admission(self, key_id, headers)
 
     def _bucket(self, principal: Principal) -> _Bucket:
         rate = principal.rate_per_min or 0.0
