@@ -213,6 +213,28 @@ def test_cli_registry_commands_with_registry_uri(mlflow_server, model, tmp_path,
         assert result.exit_code == 0, (command, result.output)
 
 
+@pytest.mark.slow
+def test_serving_reads_an_mlflow_alias_from_another_machine(mlflow_server, model, tmp_path, monkeypatch):
+    """What `tunekit serve NAME@production` calls with $TUNEKIT_REGISTRY_URI set (resolve, verify_version,
+    alias_version polling), on a machine that registered nothing."""
+    uri = mlflow_server.uri
+    for name, accuracy in (("a", 0.8), ("b", 0.85)):
+        registry.register(fake_run(tmp_path, name, field_accuracy=accuracy), name=model, uri=uri)
+    registry.promote(f"{model}@1", "production", uri=uri)
+    monkeypatch.setenv("TUNEKIT_REGISTRY_URI", uri)
+    monkeypatch.setenv("TUNEKIT_HOME", str(tmp_path / "serving-machine"))
+    served = registry.resolve(f"{model}@production")
+    assert served.version == 1 and registry.verify_version(served) == []
+    assert (served.artifact_path / "adapter_model.safetensors").read_bytes() == b"a" * 64
+    before = registry.alias_version(model, "production")
+    registry.promote(f"{model}@2", "production")
+    after = registry.alias_version(model, "production")
+    assert after[0] == 2 and after[1] > before[1]  # what the server's follower polls sees the change
+    assert (registry.resolve(f"{model}@production").artifact_path / "adapter_model.safetensors").read_bytes() == b"b" * 64
+    registry.rollback(model)
+    assert registry.alias_version(model, "production")[0] == 1
+
+
 def test_unreachable_server_and_unsupported_uri_are_one_clear_error(tmp_path):
     port = _free_port()  # nothing listens there
     with pytest.raises(RegistryError, match=rf"cannot reach the MLflow tracking server at http://127.0.0.1:{port}"):
