@@ -24,7 +24,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/v1"
 
 def _yaml_mapping(path: Path) -> dict | None:
     from tunekit.errors import TunekitError
-    from tunekit.textfiles import read_yaml
+    from tunekit.config.textfiles import read_yaml
 
     try:
         data = read_yaml(path, "YAML file")

@@ -22,7 +22,7 @@ from tunekit.config.gates import gate_problems
 from tunekit.config.serve import ServeConfig
 from tunekit.config.train import TrainConfig
 from tunekit.errors import RecipeError
-from tunekit.textfiles import read_text
+from tunekit.config.textfiles import read_text
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tunekit.cost.inputs import CostInputs
 from tunekit.cost.records import Layer, from_benchmark, from_estimate, from_request_log, from_run
 from tunekit.errors import TunekitError
-from tunekit.textfiles import read_yaml
+from tunekit.config.textfiles import read_yaml
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, object]:

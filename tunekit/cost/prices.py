@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunekit.errors import TunekitError
-from tunekit.textfiles import read_yaml
+from tunekit.config.textfiles import read_yaml
 
 Provider = Literal["hyperscaler", "specialist", "marketplace"]
 PricePoint = Literal["low", "mid", "high"]

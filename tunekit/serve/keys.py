@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunekit.errors import TunekitError
-from tunekit.textfiles import read_text
+from tunekit.config.textfiles import read_text
 
 ENV_USER_KEYS = "TUNEKIT_API_KEYS"
 ENV_ADMIN_KEY = "TUNEKIT_ADMIN_KEY"
