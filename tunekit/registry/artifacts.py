@@ -86,8 +86,7 @@ def _copy_file(source: Path, target: Path) -> StoredFile:
 def store(root: Path, sources: dict[str, Path]) -> StoredTree:
     """Copy `sources` into the store under `root`; the stored tree (reused when identical content is stored)."""
     remove_stale_copies(root)
-    tmp = root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
+    tmp = scratch_folder(root)
     try:
         files = []
         for rel, source in sources.items():
@@ -95,18 +94,35 @@ def store(root: Path, sources: dict[str, Path]) -> StoredTree:
             files.append(StoredFile(rel, copied.sha256, copied.size))
         digest = tree_digest(files)
         final = root / "artifacts" / digest
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if not final.exists():
-            _make_read_only(tmp)
-            try:
-                os.rename(tmp, final)  # atomic on one file system: the folder appears whole or not at all
-            except OSError:
-                if not final.exists():  # not a lost race with an identical copy
-                    raise
+        place(tmp, final)
         return StoredTree(digest, final, tuple(sorted(files, key=lambda f: f.path)))
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, onerror=_force_remove)
+        remove_tree(tmp)
+
+
+def scratch_folder(root: Path) -> Path:
+    """A new folder under `root/tmp/`, named so `remove_stale_copies` removes it once this process is gone."""
+    tmp = root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def place(tmp: Path, final: Path) -> None:
+    """Make the filled folder `tmp` read-only and rename it to `final` in one step (kept: an identical copy already there)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        return
+    _make_read_only(tmp)
+    try:
+        os.rename(tmp, final)  # atomic on one file system: the folder appears whole or not at all
+    except OSError:
+        if not final.exists():  # not a lost race with an identical copy
+            raise
+
+
+def remove_tree(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder, onerror=_force_remove)
 
 
 def remove_stale_copies(root: Path) -> list[Path]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -375,23 +374,16 @@ class MlflowBackend:
     def fetch(self, record: VersionRecord) -> VersionRecord:
         if record.store_path.is_dir():
             return record  # content-addressed: a folder under this digest was checked when it was kept
-        tmp = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
+        artifacts.remove_stale_copies(self.root)
+        tmp = artifacts.scratch_folder(self.root)
         try:
             problems = self._download(record, tmp)
             if problems:
                 raise RegistryError(f"{record.ref} in {self.uri} does not match its recorded digests: " + "; ".join(problems),
                                     hint="run `tunekit registry verify`; register the run again if its artifacts were changed")
-            record.store_path.parent.mkdir(parents=True, exist_ok=True)
-            artifacts._make_read_only(tmp)
-            try:
-                os.rename(tmp, record.store_path)
-            except OSError:
-                if not record.store_path.is_dir():
-                    raise
+            artifacts.place(tmp, record.store_path)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, onerror=artifacts._force_remove)
+            artifacts.remove_tree(tmp)
         return record
 
     def missing_files(self, record: VersionRecord) -> str | None:
