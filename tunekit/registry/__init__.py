@@ -1,7 +1,8 @@
 """The model registry: versions with lineage and artifact digests, aliases, promotion through gates, rollback.
 
 SQLite under `$TUNEKIT_HOME/registry/` (see `store`), artifacts in a content-addressed store
-(`artifacts`). What a server needs: `resolve("NAME@ALIAS")` for the version record and the path of
+(`artifacts`); or an MLflow tracking server when `uri=` / `$TUNEKIT_REGISTRY_URI` names one
+(`backend`, `mlflow_backend`). What a server needs: `resolve("NAME@ALIAS")` for the version record and the path of
 its stored files (`record.artifact_path`), `verify_version(record)` before loading it, and
 `alias_version(NAME, ALIAS)` to poll an alias cheaply.
 """
