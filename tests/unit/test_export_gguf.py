@@ -67,6 +67,10 @@ def test_llama_cpp_answers_like_the_merged_model(gguf_export):
     assert [d["prompt"] for d in parity["details"]] == PROMPTS[:3]
     assert all(d["hf"] == d["gguf"] and d["hf"] for d in parity["details"])
     assert len({d["gguf"] for d in parity["details"]}) > 1  # the prompts really steer the model
+    # A random tiny model never ends its answer: every one is cut at the budget, and counted so.
+    cut = parity["cut_at_max_new_tokens"]
+    assert cut == {"hf": sum(not d["hf_stopped"] for d in parity["details"]), "gguf": sum(d["gguf_finish"] == "length" for d in parity["details"])}
+    assert cut["hf"] == cut["gguf"]
 
 
 def test_llama_cpp_logits_match_hf_on_the_greedy_sequences(gguf_export):

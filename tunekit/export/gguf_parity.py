@@ -93,6 +93,8 @@ def check_gguf_parity(merged_dir: Path, gguf_file: Path, prompts: list, max_new_
         "stop_tokens": stop_tokens,
         "first_divergence_positions": divergences,
         "max_new_tokens": max_new_tokens,
+        # Answers still going at the budget: parity then compares their first max_new_tokens tokens only.
+        "cut_at_max_new_tokens": {"hf": sum(not d["hf_stopped"] for d in details), "gguf": sum(d["gguf_finish"] == "length" for d in details)},
         "gate": f"chat template and stop tokens identical, and at least {min_identical_share:.0%} of greedy answers identical",
         "passed": template_identical and prompts_identical and stop_tokens["ok"] and share >= min_identical_share,
         "details": details,

@@ -51,6 +51,12 @@ def _print_gguf(gguf: dict) -> None:
             f"stop tokens {'ok' if parity['stop_tokens']['ok'] else '[red]wrong[/]'}"
             + (f", first divergences at tokens {first[:8]}" if first else "")
         )
+        cut = parity.get("cut_at_max_new_tokens") or {}
+        if cut.get("hf") or cut.get("gguf"):
+            console.print(
+                f"[yellow]    {cut['hf']} of {parity['n']} merged-model answers (and {cut['gguf']} GGUF answers) were cut at "
+                f"max_new_tokens={parity['max_new_tokens']}: those are compared on their first {parity['max_new_tokens']} tokens only[/]"
+            )
     quant = gguf.get("quant")
     if quant:
         ref = quant["reference"]
