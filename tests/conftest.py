@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(autouse=True)
 def _temp_tunekit_home(tmp_path, monkeypatch, request):
     """Every test gets its own TUNEKIT_HOME unless it uses the shared embedded-model cache."""
+    monkeypatch.delenv("TUNEKIT_REGISTRY_URI", raising=False)  # a developer's shared MLflow registry is never written by tests
     if "embedded_model_dir" not in request.fixturenames:
         monkeypatch.setenv("TUNEKIT_HOME", str(tmp_path / "tunekit-home"))
 
