@@ -208,7 +208,8 @@ def run_child(job: dict, timeout: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--variants", default="baseline,tunekit", help="comma-separated: baseline, tunekit")
+    parser.add_argument("--variants", default="baseline,tunekit",
+                        help="comma-separated: baseline, tunekit, or tunekit+key=value+... (an A/B in the same run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="tunekit recipe override key=value")
     parser.add_argument("--label", default="", help="what this tunekit measurement changes, for the record")
     parser.add_argument("--timeout", type=int, default=900)
@@ -227,9 +228,10 @@ def main() -> None:
         common = [f"output_dir={tmp}", f"train.max_steps={args.steps}", "train.logging_steps=1"]
         shared = prepare(Path(tmp), common)
         results = {}
-        for variant in args.variants.split(","):
-            job = {**shared, "variant": variant, "steps": args.steps, "output_dir": f"{tmp}/{variant}-out",
-                   "overrides": [*common, *(args.overrides if variant == "tunekit" else [])]}  # fmt: skip
+        for index, variant in enumerate(args.variants.split(",")):
+            kind, *own = variant.split("+")
+            job = {**shared, "variant": kind, "steps": args.steps, "output_dir": f"{tmp}/out-{index}",
+                   "overrides": [*common, *(args.overrides + own if kind == "tunekit" else [])]}  # fmt: skip
             results[variant] = run_child(job, args.timeout)
             print(f"{variant}: " + json.dumps({k: v for k, v in results[variant].items() if k not in ("losses", "memory_mb")}))
     write_results(args, shared["settings"], results, hardware(), package_versions())
@@ -239,10 +241,11 @@ def write_results(args, settings: dict, results: dict, hw: dict, packages: dict)
     base = results.get("baseline", {})
     records = []
     for variant, result in results.items():
+        kind, *own = variant.split("+")
         record = {
             "workload": "examples/ticket_triage train, smollm2-135m-instruct LoRA r16 all-linear, CPU",
-            "variant": variant, "label": args.label if variant == "tunekit" else "plain TRL SFTTrainer + PEFT (SFTConfig defaults)",
-            "overrides": args.overrides if variant == "tunekit" else [], "settings": {**settings, "steps": args.steps},
+            "variant": variant, "label": args.label if kind == "tunekit" else "plain TRL SFTTrainer + PEFT (SFTConfig defaults)",
+            "overrides": args.overrides + own if kind == "tunekit" else [], "settings": {**settings, "steps": args.steps},
             **result, "hardware": hw, "packages": packages, "date": time.strftime("%Y-%m-%d %H:%M"),
         }  # fmt: skip
         if variant != "baseline" and "tokens_per_s" in base and "tokens_per_s" in result:
@@ -255,7 +258,7 @@ def write_results(args, settings: dict, results: dict, hw: dict, packages: dict)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps([*existing, *records], indent=1) + "\n")
     for r in records:
-        print(f"{r['variant']:9s} {r.get('tokens_per_s')} tok/s  {r.get('s_per_step_median')} s/step  "
+        print(f"{r['variant']:40s} {r.get('tokens_per_s')} tok/s  {r.get('s_per_step_median')} s/step  "
               f"peak {r.get('peak_rss_mb')} MB  loss {r.get('final_loss')}  ratio {r.get('ratio_vs_baseline', '-')}")  # fmt: skip
 
 

@@ -215,7 +215,8 @@ def test_cpu_trainer_runs_the_plain_path(tmp_path, tiny_model_dir, smol_tokenize
     trainer, details = make_trainer(recipe, RunPaths(recipe.run_dir), model, smol_tokenizer, _rows())
     assert details["fast_path"]["device"] == "cpu" and details["fast_path"]["enabled"] is False
     args = trainer.args
-    assert (args.bf16, args.use_liger_kernel, args.padding_free, args.torch_compile) == (False, False, False, False)
+    assert (args.bf16, args.use_liger_kernel, args.torch_compile) == (False, False, False)
+    assert args.padding_free is details["cpu_padding_free"]["on"]  # decided for CPUs by tunekit.train.cpupath
     plain = sft_args(recipe, RunPaths(recipe.run_dir), has_val=False)
     assert args.optim == plain.optim and args.gradient_checkpointing is False is plain.gradient_checkpointing
 

@@ -87,13 +87,14 @@ def make_trainer(
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from tunekit.train import fastpath, lm_head
+    from tunekit.train import cpupath, fastpath, lm_head
 
     plan = fastpath.plan_for(recipe, model)
     fastpath.apply_to_model(model, plan)
+    cpu_args, details = cpupath.training_args(recipe, model, train_ds) if plan.device != "cuda" else ({}, {})
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(recipe, run, has_val=val_ds is not None, **fastpath.training_args(plan)),
+        args=sft_args(recipe, run, has_val=val_ds is not None, **fastpath.training_args(plan), **cpu_args),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
@@ -104,7 +105,7 @@ def make_trainer(
     trainer.remove_callback(PrinterCallback)
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     compact_head = lm_head.score_trained_positions_only(base)
-    return trainer, {"fast_path": plan.to_manifest(), "lm_head_trained_positions_only": compact_head}
+    return trainer, {"fast_path": plan.to_manifest(), "lm_head_trained_positions_only": compact_head, **details}
 
 
 def build_trainer(recipe: Recipe, run: RunPaths, callbacks: list | None = None):
