@@ -310,3 +310,30 @@ def test_huge_buckets_are_capped():
     assert found.capped == 49  # rows 201..249 have more than MAX_CANDIDATES earlier copies
     assert [k for k, _ in pairs[MAX_CANDIDATES + 49]] == list(range(MAX_CANDIDATES))
     assert len(pairs[5]) == 5 and all(sim == 1.0 for _, sim in pairs[5])
+
+
+def test_token_lengths_over_many_batches_equal_the_per_row_template_lengths(smol_tokenizer_dir):
+    """Batches are encoded in a worker thread while the next one renders: every length must still
+    be the one apply_chat_template(tokenize=True) gives for the row alone, in the rows' order,
+    and a row the template refuses (in a middle batch) is quarantined without shifting the rest."""
+    from tunekit.data import clean
+    from tunekit.data.validate import Example
+    from tunekit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(smol_tokenizer_dir))
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if 'forbidden' in m['content'] %}{{ raise_exception('no forbidden words') }}{% endif %}"
+        "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    rng = random.Random(3)
+    n_rows, refused_at = clean._BATCH * 3 + 17, clean._BATCH + 5
+    rows = [chat(sentence(i, rng.randint(1, 40)), "forbidden" if i == refused_at else sentence(-i, rng.randint(1, 60))) for i in range(n_rows)]
+    examples = [Example("train", "train.jsonl", i + 1, row["messages"]) for i, row in enumerate(rows)]
+    rejected = clean.measure_tokens(examples, tokenizer)
+    assert [(r.line, r.reason) for r in rejected] == [(refused_at + 1, "template_error")]
+    expected = [
+        -1 if i == refused_at else len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
+        for i, row in enumerate(rows)
+    ]
+    assert [e.n_tokens for e in examples] == expected
+    assert len(set(expected)) > 20  # lengths vary, so a shifted batch could not pass

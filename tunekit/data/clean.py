@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from tunekit.data.validate import Example, Rejected, measure_non_chat
 from tunekit.errors import DataError
@@ -28,12 +29,18 @@ DUPLICATE_REASONS = (
 )
 
 
+def _fast_backend(tokenizer):
+    """The Rust tokenizer when it has a batch call that skips offsets, else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend if backend is not None and hasattr(backend, "encode_batch_fast") else None
+
+
 def _token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
     # Rendering first and encoding the batch in the Rust tokenizer is ~5x faster than
     # apply_chat_template(tokenize=True), which encodes the same rendered text without special
     # tokens but through the slower Python call path (offsets, padding logic).
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
+    backend = _fast_backend(tokenizer)
+    if backend is not None:
         texts = tokenizer.apply_chat_template(conversations, tokenize=False)
         return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
     # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True) unless
@@ -44,15 +51,49 @@ def _token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
     return list(out)
 
 
+def _batch_lengths(tokenizer, batches: list[list[Example]]) -> Iterator[list[int] | None]:
+    """Token lengths per batch (None where rendering or encoding the batch failed), in order.
+
+    With the Rust tokenizer, batch k is encoded in a worker thread (the Rust call releases the
+    GIL) while the template of batch k+1 is rendered here: Jinja rendering is Python and would
+    otherwise leave the cores idle between encodes (~10 % of the stage on 2 cores)."""
+    backend = _fast_backend(tokenizer)
+    if backend is None:
+        for batch in batches:
+            try:
+                yield [len(ids) for ids in _token_ids(tokenizer, [e.messages for e in batch])]
+            except Exception:  # noqa: BLE001 - the caller finds the refused rows one by one
+                yield None
+        return
+
+    def lengths(pending: Future | None) -> list[int] | None:
+        try:
+            return None if pending is None else [len(encoding.ids) for encoding in pending.result()]
+        except Exception:  # noqa: BLE001 - as above
+            return None
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future | None = None
+        for index, batch in enumerate(batches):
+            try:
+                texts = tokenizer.apply_chat_template([e.messages for e in batch], tokenize=False)
+                submitted = pool.submit(backend.encode_batch_fast, texts, add_special_tokens=False)
+            except Exception:  # noqa: BLE001 - as above
+                submitted = None
+            if index:
+                yield lengths(pending)
+            pending = submitted
+        if batches:
+            yield lengths(pending)
+
+
 def measure_tokens(examples: list[Example], tokenizer) -> list[Rejected]:
     """Set `n_tokens` on each example; examples the chat template refuses are returned as rejected."""
     refused: list[Rejected] = measure_non_chat([e for e in examples if e.kind != "chat"], tokenizer)
     examples = [e for e in examples if e.kind == "chat"]
-    for start in range(0, len(examples), _BATCH):
-        batch = examples[start : start + _BATCH]
-        try:
-            lengths = [len(ids) for ids in _token_ids(tokenizer, [e.messages for e in batch])]
-        except Exception:  # noqa: BLE001 - a template may raise anything; find the rows one by one
+    batches = [examples[start : start + _BATCH] for start in range(0, len(examples), _BATCH)]
+    for batch, lengths in zip(batches, _batch_lengths(tokenizer, batches)):
+        if lengths is None:  # a template may raise anything; find the rows one by one
             lengths = []
             for example in batch:
                 try:
