@@ -176,8 +176,10 @@ def test_backend_setting_is_validated(tmp_path, gguf_file, model_dir):  # noqa: 
     serving.write_text("backend: hf\ngguf: Q8_0\n")
     with pytest.raises(TunekitError, match="gguf: only used by backend llamacpp"):
         serve_settings(serving, None, None, None)
-    with pytest.raises(ModelError, match="PEFT adapter"):
-        resolve_gguf(str(_peft_adapter(model_dir, tmp_path / "adapter")))
+    adapter = resolve_gguf(f"mine={_peft_adapter(model_dir, tmp_path / 'adapter')}")
+    assert (adapter.name, adapter.kind, adapter.path) == ("mine", "adapter", tmp_path / "adapter")  # a LoRA on the base
+    with pytest.raises(ModelError, match="not a .gguf file or an exported run"):
+        resolve_gguf(str(tmp_path))
 
 
 def _peft_adapter(model_dir: Path, out: Path) -> Path:  # noqa: F811
@@ -217,5 +219,86 @@ def test_embedded_model_gguf_answers_like_chat_greedy():
             response = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=24)
         assert (response.choices[0].message.content, response.choices[0].finish_reason) == (text, finish)
         assert len(text) > 10 and "\ufffd" not in text  # a real answer, decoded whole
+    finally:
+        engine.close()
+
+
+# ---------------------------------------------------------------- LoRA adapters on one base GGUF
+
+
+def _lora(model_dir: Path, out: Path, seed: int, modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")) -> Path:  # noqa: F811
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=list(modules), init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_setup(model_dir, gguf_file, tmp_path_factory):  # noqa: F811
+    from tests.e2e.test_serve_adapters import _reference
+    from tunekit.serve.gateway import Gateway, GatewaySettings
+
+    root = tmp_path_factory.mktemp("loras")
+    adapters = {name: _lora(model_dir, root / name, seed) for name, seed in (("triage", 1), ("orders", 2), ("late", 3))}
+    expected = {name: [_reference(model_dir, path, p) for p in PROMPTS] for name, path in adapters.items()}
+    expected["tiny"] = [_reference(model_dir, None, p) for p in PROMPTS]
+    assert len({tuple(v) for v in expected.values()}) == 4  # each adapter really changes the answers
+    engine = LlamaCppEngine.from_paths([f"tiny={gguf_file}", f"triage={adapters['triage']}", f"orders={adapters['orders']}"])
+    gateway = Gateway.from_settings(GatewaySettings(), env={"TUNEKIT_API_KEYS": "team:user-key", "TUNEKIT_ADMIN_KEY": "admin-key"})
+    try:
+        with running_server(engine, app=create_app(engine, max_new_tokens_limit=16, adapter_roots=[root], gateway=gateway)) as url:
+            yield url, expected, engine
+    finally:
+        engine.close()
+
+
+def _greedy(client, model: str, prompt: str, stream: bool = False) -> str:
+    args = {"model": model, "messages": _chat(prompt), "temperature": 0, "max_tokens": 8}
+    if stream:
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**args, stream=True) if c.choices)
+    return client.chat.completions.create(**args).choices[0].message.content
+
+
+def test_lora_adapters_answer_like_peft_interleaved(lora_setup):
+    """PEFT adapters converted to GGUF LoRA files, switched per request on one llama.cpp context:
+    every answer is the PEFT model's greedy answer, in any order, streamed or not."""
+    url, expected, _ = lora_setup
+    client = openai.OpenAI(base_url=url, api_key="user-key", max_retries=0)
+    listed = {m.id: m.parent for m in client.models.list().data}
+    assert listed == {"tiny": None, "triage": "tiny", "orders": "tiny"}
+    order = [("triage", 0), ("tiny", 0), ("orders", 1), ("triage", 1), ("orders", 0), ("tiny", 2), ("triage", 2), ("orders", 2)]
+    for i, (model, p) in enumerate(order):
+        assert _greedy(client, model, PROMPTS[p], stream=i % 2 == 1) == expected[model][p], (model, p)
+
+
+def test_lora_loads_and_unloads_at_run_time(lora_setup):
+    url, expected, engine = lora_setup
+    admin = httpx.Client(base_url=url, headers={"Authorization": "Bearer admin-key"}, timeout=60)
+    loaded = admin.post("/load_lora_adapter", json={"lora_name": "late", "lora_path": "late"})
+    assert loaded.status_code == 200, loaded.text
+    client = openai.OpenAI(base_url=url, api_key="user-key", max_retries=0)
+    assert [_greedy(client, "late", p) for p in PROMPTS] == expected["late"]
+    assert _greedy(client, "triage", PROMPTS[0]) == expected["triage"][0]
+    assert admin.post("/unload_lora_adapter", json={"lora_name": "late"}).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        _greedy(client, "late", PROMPTS[0])
+    assert "late" not in engine.models and not engine._retired
+    assert _greedy(client, "tiny", PROMPTS[1]) == expected["tiny"][1]  # the freed LoRA left the base as it was
+
+
+def test_adapters_alone_are_served_on_their_base_converted_once(model_dir, tmp_path):  # noqa: F811
+    from tests.e2e.test_serve_adapters import _reference
+
+    adapter = _lora(model_dir, tmp_path / "solo", 4, modules=("q_proj", "down_proj", "up_proj"))
+    engine = LlamaCppEngine.from_paths([f"solo={adapter}"])
+    try:
+        assert [(m.name, m.kind) for m in engine.models.values()] == [(model_dir.name, "base"), ("solo", "adapter")]
+        with running_server(engine, limit=8) as url:
+            client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+            assert _greedy(client, "solo", PROMPTS[0]) == _reference(model_dir, adapter, PROMPTS[0])
     finally:
         engine.close()

@@ -3,8 +3,8 @@
 A `.gguf` path is served as it is; a run directory serves one of its exported files
 (`export/<run>-<TYPE>.gguf`): the type `serve.gguf` names, else the smallest file that passed the
 quantization gate of `export/quant_report.json`; the embedded default model serves the GGUF file it
-ships as. A run's adapter is served merged into that file (one GGUF per tuned model), or as a GGUF
-LoRA file on a shared base when it is given as `NAME=adapter.gguf`.
+ships as. A run's adapter is served merged into that file (one GGUF per tuned model); an adapter
+directory (PEFT) or a GGUF LoRA file is served as a LoRA on the shared base GGUF.
 """
 
 from __future__ import annotations
@@ -91,9 +91,31 @@ def resolve_gguf(spec: str | Source, wanted: str | None = None) -> GgufSource:
 
         recipe = load_recipe(path / "recipe.yaml", check_files=False)
         return GgufSource(name or path.resolve().name, run_gguf(path, wanted), "model", recipe.data.system_prompt)
-    if path.is_dir() and (path / "adapter_config.json").is_file():
-        raise ModelError(
-            f"{path} is a PEFT adapter; llama.cpp serves adapters as GGUF LoRA files, and no LoRA converter is installed",
-            hint="serve the adapter's run directory after `tunekit export` (its merged GGUF), or serve it with --backend hf",
-        )
+    if path.is_dir() and (path / "adapter_config.json").is_file():  # converted to a GGUF LoRA when it is attached
+        return GgufSource(name or path.resolve().name, path, "adapter")
     raise ModelError(f"cannot serve '{raw}' with llama.cpp: not a .gguf file or an exported run", hint=GGUF_HINT)
+
+
+def base_gguf(adapters: list[GgufSource]) -> GgufSource:
+    """The complete GGUF that PEFT adapters served without one share: their base as GGUF (the embedded
+    model's own file; a model directory converted once to F16 in tunekit's cache)."""
+    from tunekit.models import resolve_model
+    from tunekit.models.loading import EMBEDDED_MODELS, tunekit_home
+    from tunekit.serve.sources import _adapter_base, base_name
+
+    peft = [a for a in adapters if a.path.is_dir()]
+    if not peft:
+        raise ModelError("GGUF LoRA files need their base model's GGUF served with them", hint="add the base's .gguf path")
+    references = {_adapter_base(a.path) for a in peft}
+    if len(references) > 1:
+        raise ModelError(f"the adapters were trained on different bases: {', '.join(sorted(references))}", hint="serve one base per server")
+    reference = references.pop()
+    if reference in EMBEDDED_MODELS or reference.endswith(".gguf"):
+        return resolve_gguf(reference)
+    model_dir = Path(resolve_model(reference))
+    from tunekit.export.gguf import convert_to_gguf
+
+    stat = (model_dir / "config.json").stat()
+    target = tunekit_home() / "gguf-base" / f"{model_dir.resolve().name}-{stat.st_mtime_ns}-F16.gguf"
+    path = target if target.is_file() else convert_to_gguf(model_dir, target, "F16")
+    return GgufSource(base_name(reference), path, "model")

@@ -21,10 +21,11 @@ import queue
 import random
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tunekit.errors import ModelError
-from tunekit.serve.backends.gguf_files import GgufSource, resolve_gguf
+from tunekit.serve.backends.gguf_files import GgufSource, base_gguf, resolve_gguf
 from tunekit.serve.engine import (
     ChatTemplateError, Event, Generation, PromptTooLongError, Sampling, ServedModel, UnknownModelError,
 )
@@ -78,8 +79,8 @@ class LlamaCppEngine:
         if duplicate:
             raise ModelError(f"two models would be served as '{duplicate}'", hint="give each its own name: NAME=PATH")
         complete = [s for s in sources if s.kind == "model"]
-        if not complete:
-            raise ModelError("GGUF LoRA files need their base model's GGUF served with them", hint="add the base's .gguf path")
+        if not complete:  # adapters only: their shared base, as the hf backend does
+            complete = [base_gguf(sources)]
         engine = cls(threads=threads)
         try:
             for source in complete:
@@ -117,19 +118,24 @@ class LlamaCppEngine:
         return served
 
     def add_adapter(self, source) -> ServedModel:
-        """Serve a GGUF LoRA file on the base model (the first complete model)."""
+        """Serve a LoRA on the base model (the first complete model): a GGUF LoRA file, or a PEFT adapter
+        directory (converted once to a GGUF LoRA in tunekit's cache)."""
         from tunekit.export.gguf import require_llama_cpp
 
+        from tunekit.export.gguf_lora import cached_lora_gguf
+        from tunekit.serve.sources import Source
+
         llama_cpp = require_llama_cpp()
-        if not isinstance(source, GgufSource):
-            source = resolve_gguf(source)
+        if isinstance(source, Source):  # from the app's /v1/load_lora_adapter, or `models:` entries
+            source = GgufSource(source.name, Path(source.path), source.kind, source.system_prompt) if source.kind == "adapter" else resolve_gguf(source)
         if source.kind != "adapter":
-            raise ModelError(f"{source.path} is a complete model, not a GGUF LoRA file", hint="serve it as a model of its own")
+            raise ModelError(f"{source.path} is a complete model, not a LoRA adapter", hint="serve it as a model of its own")
         self._check_new_name(source.name)
         base = self.models[self.name]
         loaded = self._loaded[self.name]
+        path = cached_lora_gguf(source.path, Path(base.root)) if source.path.is_dir() else source.path
         with self._llama_lock:
-            lora = llama_cpp.llama_adapter_lora_init(loaded.llm.model, str(source.path).encode("utf-8"))
+            lora = llama_cpp.llama_adapter_lora_init(loaded.llm.model, str(path).encode("utf-8"))
         if not lora:
             raise ModelError(f"llama.cpp cannot load {source.path} as a LoRA of {base.root}", hint="was it made for this base model?")
         served = ServedModel(source.name, "adapter", str(source.path), base.name, source.name, loaded.llm, source.system_prompt)
