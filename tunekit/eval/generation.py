@@ -40,31 +40,41 @@ class Decoding:
         return "greedy" if self.temperature == 0 else f"sampling (temperature {self.temperature}, seed {self.seed})"
 
 
+# A common start of every prompt (the system prompt, the template's header) is computed once and its
+# attention keys/values reused by every batch; shorter shared starts are not worth the copy.
+MIN_SHARED_PREFIX = 8
+
+
 def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *, label: str) -> Generations:
-    """Completions for chat prompts, batched with left padding, in the prompts' order."""
+    """Completions for chat prompts, batched with left padding, in the prompts' order.
+
+    The tokens all prompts start with are run through the model once; each batch starts from a copy
+    of that cache (the prompts' own tokens follow, padded between the two, so positions and masked
+    attention are those of each prompt alone)."""
     import torch
 
     from tunekit.models import end_of_turn_ids
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    # Batch prompts of similar length together: less padding, same results (left padding + mask).
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    # Batch prompts of similar length together: less padding, same results (padding is masked).
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     outputs, latency, produced = [""] * len(texts), [0.0] * len(texts), [0] * len(texts)
     finish = ["stop"] * len(texts)
     if not texts:
         return Generations([], 0.0, 0)
     stops = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
     with torch.inference_mode():
-        _complete(model, tokenizer, [texts[order[0]]], Decoding(2, 1), stops)  # warm-up, kept out of the timing
+        _complete(model, tokenizer, [ids[order[0]]], Decoding(2, 1), stops)  # warm-up, kept out of the timing
     if decoding.temperature > 0:
         torch.manual_seed(decoding.seed)
     started = time.perf_counter()
     with progress(label, len(texts)) as advance, torch.inference_mode():
+        prefix = _shared_prefix(model, ids)
         for start in range(0, len(order), decoding.batch_size):
             batch = order[start : start + decoding.batch_size]
             t0 = time.perf_counter()
-            completions = _complete(model, tokenizer, [texts[i] for i in batch], decoding, stops)
+            completions = _complete(model, tokenizer, [ids[i] for i in batch], decoding, stops, prefix)
             share = (time.perf_counter() - t0) / len(batch)
             for row, index in enumerate(batch):
                 generated = completions[row].tolist()
@@ -76,18 +86,48 @@ def generate(model, tokenizer, prompts: list[list[dict]], decoding: Decoding, *,
     return Generations(outputs, time.perf_counter() - started, sum(produced), latency, produced, finish)
 
 
-def _complete(model, tokenizer, texts: list[str], decoding: Decoding, stops: list[int]):
-    """Token ids generated after each prompt (batch left-padded, so every row ends where generation starts)."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
+def _shared_prefix(model, ids: list[list[int]]):
+    """(the token ids every prompt starts with, their KV cache), or None when they share too little.
+    Every prompt keeps at least one token of its own, so generation starts from a fresh position."""
+    import torch
+
+    first, longest = ids[0], min(len(i) for i in ids) - 1
+    length = next((k for k in range(longest) if any(row[k] != first[k] for row in ids)), max(longest, 0))
+    if length < MIN_SHARED_PREFIX:
+        return None
+    out = model(input_ids=torch.tensor([first[:length]], device=model.device), use_cache=True)
+    return first[:length], out.cache  # transformers 5 names it `cache` (formerly past_key_values)
+
+
+def _complete(model, tokenizer, rows: list[list[int]], decoding: Decoding, stops: list[int], prefix=None):
+    """Token ids generated after each prompt. Rows are padded on the left of their own tokens (after
+    the shared prefix, when there is one), so every row ends where generation starts."""
+    import copy
+
+    import torch
+
+    pad = tokenizer.pad_token_id
+    head, cache = prefix if prefix is not None else ([], None)
+    own = [row[len(head) :] for row in rows]
+    width = max(len(o) for o in own)
+    input_ids = [head + [pad] * (width - len(o)) + o for o in own]
+    mask = [[1] * len(head) + [0] * (width - len(o)) + [1] * len(o) for o in own]
+    extra = {}
+    if cache is not None:
+        extra["cache"] = copy.deepcopy(cache)
+        extra["cache"].batch_repeat_interleave(len(rows))
     sampling = {"do_sample": True, "temperature": decoding.temperature} if decoding.temperature > 0 else {"do_sample": False}
+    input_ids = torch.tensor(input_ids, device=model.device)
     generated = model.generate(
-        **enc,
+        input_ids=input_ids,
+        attention_mask=torch.tensor(mask, device=model.device),
+        **extra,
         **sampling,
         max_new_tokens=decoding.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad,
         eos_token_id=stops,
     )
-    return generated[:, enc["input_ids"].shape[1] :]
+    return generated[:, input_ids.shape[1] :]
 
 
 def _until_stop(tokens: list[int], stops: list[int]) -> list[int]:
