@@ -116,6 +116,26 @@ def test_benchmark_and_request_log_give_throughput_volume_and_tokens(tmp_path):
     assert report.finetuned_per_request == pytest.approx(0.565 / (6.25 * 3600))
 
 
+def test_the_serving_benchmarks_own_records_nested_by_backend_and_client_count(tmp_path):
+    """bench/serve_throughput.py --backend both writes one record with a rate per backend and client count."""
+    record = {
+        "hf": {"backend": "hf", "one_client": {"requests_per_s": 0.9, "workload": "1 concurrent clients"},
+               "eight_clients": {"requests_per_s": 3.1, "workload": "8 concurrent clients"}},
+        "llamacpp": {"backend": "llamacpp", "one_client": {"requests_per_s": 2.2}, "eight_clients": {"requests_per_s": 4.4}},
+        "settings": {"cpus": 2},
+    }  # fmt: skip
+    bench = tmp_path / "serve_throughput.jsonl"
+    write_jsonl(bench, [{"hf": {"eight_clients": {"requests_per_s": 9.0}}, "settings": {"cpus": 8}}, record])
+    bench.write_text(bench.read_text().replace('"requests_per_s": 9.0', '"requests_per_s": 0'))  # a failed run: no rate
+    inputs = load_inputs(benchmark=bench, flags={"training.cost": (1.0, "--training-cost")})
+    assert inputs.finetuned.requests_per_s == 4.4
+    assert inputs.finetuned.gpu == "cpu"
+    report = cost_report(inputs, load_prices())
+    assert report.figure("finetuned.requests_per_s").source == f"{bench}: line 2: llamacpp.eight_clients.requests_per_s, best of 4"
+    priced = report.figure("finetuned.gpu_per_hour")
+    assert priced.source.endswith(f"gpus.cpu.per_hour.specialist; GPU from {bench}: line 2: settings.cpus (2 CPU cores, no GPU)")
+
+
 def test_the_request_log_of_tunekit_serve(tmp_path):
     from tunekit.serve.requestlog import RequestLog, RequestRecord
 

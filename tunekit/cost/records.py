@@ -123,23 +123,39 @@ def _rows_of(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _rates(row: dict, prefix: str = "") -> list[tuple[str, float, str]]:
+    """(key path, requests/s, workload) of every positive `requests_per_s` in a row, nested ones too
+    (bench/serve_throughput.py writes one per measurement: `hf.eight_clients.requests_per_s`)."""
+    found = []
+    rate = row.get("requests_per_s")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+        found.append((f"{prefix}requests_per_s", float(rate), str(row.get("workload") or "")))
+    for key, value in row.items():
+        if isinstance(value, dict):
+            found += _rates(value, f"{prefix}{key}.")
+    return found
+
+
 def from_benchmark(path: Path) -> Layer:
     """Sustained requests/s of one serving replica: the best `requests_per_s` of a benchmark file."""
     path = Path(path)
     if not path.is_file():
         raise TunekitError(f"{path}: serving benchmark not found", hint="pass a JSON/JSONL file with a requests_per_s figure")
-    measured = [(n, r) for n, r in _rows_of(path) if isinstance(r.get("requests_per_s"), (int, float)) and r["requests_per_s"] > 0]
+    measured = [(n, row, key, rate, workload) for n, row in _rows_of(path) for key, rate, workload in _rates(row)]
     if not measured:
         raise TunekitError(f"{path}: no row has a positive requests_per_s", hint="a serving benchmark row looks like {\"requests_per_s\": 12.5, ...}")
-    line, best = max(measured, key=lambda item: item[1]["requests_per_s"])
-    described = f" ({best['workload']})" if best.get("workload") else ""
+    line, best, key, rate, workload = max(measured, key=lambda item: item[3])
+    described = f" ({workload})" if workload else ""
     layer: Layer = {
         "finetuned.hosting": ("self_hosted", f"{path}: a serving benchmark means self-hosting"),
-        "finetuned.requests_per_s": (float(best["requests_per_s"]), f"{path}: line {line}: requests_per_s{described}, best of {len(measured)}"),
+        "finetuned.requests_per_s": (rate, f"{path}: line {line}: {key}{described}, best of {len(measured)}"),
     }
     gpus = (best.get("hardware") or {}).get("gpus") or []
+    cpus = (best.get("settings") or {}).get("cpus")
     if gpus:
         layer["finetuned.gpu"] = (gpus[0], f"{path}: line {line}: hardware.gpus[0]")
+    elif cpus:  # bench/serve_throughput.py on a machine without a GPU
+        layer["finetuned.gpu"] = ("cpu", f"{path}: line {line}: settings.cpus ({cpus} CPU cores, no GPU)")
     return layer
 
 
