@@ -67,7 +67,7 @@ class MixConfig(Section):
 
 
 class FastConfig(Section):
-    """Speed switches of the CUDA fast path (tunekit.train.fastpath). On CPU none of them applies."""
+    """Speed and memory switches: the CUDA fast path (tunekit.train.fastpath) and the CPU path (tunekit.train.cpupath)."""
 
     enabled: bool = Field(True, description="Use the fast path when training on a CUDA GPU (no effect on CPU).")
     liger: bool = Field(
@@ -77,6 +77,11 @@ class FastConfig(Section):
         True,
         description="Concatenate the examples of a batch without padding when the attention kernel keeps them apart "
         "(flash / flex attention); with SDPA it stays off.",
+    )
+    fold_lora_dropout: bool = Field(
+        True,
+        description="Off CUDA: compute each LoRA branch's dropout inside its lora_A, keeping a one-byte mask for backward "
+        "instead of two fp32 copies of the input (about half the saved activations of an all-linear LoRA).",
     )
     auto_checkpointing: bool = Field(
         True,

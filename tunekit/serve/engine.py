@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tunekit.errors import ModelError, TunekitError
+from tunekit.serve.lora_batch import StackedAdapters
 from tunekit.serve.sources import Source, plan, resolve_source
 from tunekit.serve.stopstrings import safe_length, stop_cut
 
@@ -204,6 +205,8 @@ class Engine:
         self._registry_lock = threading.Lock()
         self._retired: list[ServedModel] = []
         self._swaps = 0  # adapters swapped in under a served name (replace_adapter)
+        self._adapter_changes = 0  # attach/delete count: the stacked LoRA weights follow it
+        self._stacks = StackedAdapters()
         self._closed = False
         self.queue_depth = 0
         self._thread = threading.Thread(target=self._schedule, name="tunekit-scheduler", daemon=True)
@@ -315,6 +318,7 @@ class Engine:
                 self.model, adapter_dir, self.base_source.name, name=adapter_name, allow_pickle=source.allow_pickle
             )
             self.model.eval()
+            self._adapter_changes += 1
         return ServedModel(source.name, "adapter", str(adapter_dir), self.base_source.name, adapter_name, tokenizer,
                            source.system_prompt, version=source.version, follows=source.follows)
 
@@ -352,6 +356,7 @@ class Engine:
         for served in gone:
             with self._model_lock:
                 self.model.delete_adapter(served.adapter)
+                self._adapter_changes += 1
 
     def close(self) -> None:
         self._closed = True
@@ -490,9 +495,11 @@ class Engine:
 
         extra = {"adapter_names": adapters} if isinstance(self.model, PeftModel) else {}
         with self._model_lock:
+            if extra:
+                self._stacks.refresh(self.model, self._adapter_changes)  # tunekit.serve.lora_batch
             out = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, **extra,
+                past_key_values=cache, use_cache=True, logits_to_keep=1, **extra,
             )
         return out.logits[:, -1, :].float()
 

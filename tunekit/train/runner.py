@@ -48,6 +48,10 @@ def train(
     safety = robust.robust_callbacks(recipe, run)  # checkpoints, NaN/inf halt, Ctrl-C, early stopping, trackers
     built = BUILDERS[recipe.train.method](recipe, run, [metrics, *extra, *(callbacks or []), *safety])
     trainer = built.trainer
+    if recipe.train.fast.fold_lora_dropout and trainer.args.device.type != "cuda":
+        from tunekit.train.lora_dropout import fold_lora_dropout
+
+        built.details["lora_dropout_folded_modules"] = fold_lora_dropout(trainer.model)
     trainable, total = count_parameters(trainer.model)
     if main_process:
         for warning in risky_settings(recipe, len(trainer.train_dataset)):
