@@ -4,7 +4,10 @@ Runs prepare → train → eval → export of examples/ticket_triage on the embe
 and appends one JSON object to bench/results/ticket_triage.jsonl: stage timings, training
 throughput, base vs tuned scores, hardware. A figure, not a test: nothing is asserted.
 
-    python bench/example_run.py [--set key=value ...]
+    python bench/example_run.py [--set key=value ...] [--keep DIR]
+
+--keep DIR leaves the run in DIR (bench/cost_report.py --run DIR prices it); otherwise it goes to a
+temporary folder that is removed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RESULTS = ROOT / "bench" / "results" / "ticket_triage.jsonl"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
+    parser.add_argument("--keep", type=Path, help="write the run under this output_dir and leave it there")
     args = parser.parse_args()
 
     from tunekit.cli.main import _quiet_libraries
@@ -35,7 +39,8 @@ def main() -> None:
     from tunekit.train.manifest import hardware, package_versions
 
     with tempfile.TemporaryDirectory(prefix="tunekit-bench-") as tmp:
-        recipe = load_recipe(ROOT / "examples" / "ticket_triage" / "recipe.yaml", [f"output_dir={tmp}", *args.overrides])
+        output_dir = args.keep.resolve() if args.keep else tmp
+        recipe = load_recipe(ROOT / "examples" / "ticket_triage" / "recipe.yaml", [f"output_dir={output_dir}", *args.overrides])
         run = RunPaths(recipe.run_dir)
         started = time.perf_counter()
         results = run_pipeline(recipe, run, overwrite=True)
@@ -52,6 +57,7 @@ def main() -> None:
             "eval": results.eval.report["model"],
             "eval_per_field": results.eval.report["per_field"],
             "parity_passed": results.export.parity["passed"] if results.export.parity else None,
+            "train_peak_rss_mb": max((m["peak_rss_mb"] for m in metrics if "peak_rss_mb" in m), default=None),
             "hardware": hardware(),
             "packages": package_versions(),
             "date": time.strftime("%Y-%m-%d"),

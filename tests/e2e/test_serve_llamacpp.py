@@ -73,6 +73,20 @@ def test_greedy_answers_equal_chat_greedy(client, expected):
     assert len(answers) > 1  # the prompts really steer the model: a wrong prompt would show
 
 
+def test_concurrent_requests_decode_in_one_batch_with_the_same_answers(client, expected, engine):
+    """Continuous batching: requests sent together decode together, and each greedy answer is still
+    the one chat_greedy gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = PROMPTS * 3
+    engine.peak_batch = 0
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        responses = list(pool.map(lambda p: _ask(client, p), prompts))
+    for prompt, response in zip(prompts, responses):
+        assert (response.choices[0].message.content, response.choices[0].finish_reason) == expected[prompt][:2], prompt
+    assert engine.peak_batch > 1
+
+
 def test_models_list_and_health(client, gguf_file):
     listed = client.models.list().data
     assert [(m.id, m.root) for m in listed] == [("tiny", str(gguf_file))]
@@ -273,6 +287,21 @@ def test_lora_adapters_answer_like_peft_interleaved(lora_setup):
     order = [("triage", 0), ("tiny", 0), ("orders", 1), ("triage", 1), ("orders", 0), ("tiny", 2), ("triage", 2), ("orders", 2)]
     for i, (model, p) in enumerate(order):
         assert _greedy(client, model, PROMPTS[p], stream=i % 2 == 1) == expected[model][p], (model, p)
+
+
+def test_concurrent_requests_to_several_loras_each_get_their_own(lora_setup):
+    """Requests for different LoRAs sent at once: llama.cpp sets a LoRA per context, so each batch is one
+    LoRA's and the others wait their turn; every answer is its own adapter's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, expected, engine = lora_setup
+    client = openai.OpenAI(base_url=url, api_key="user-key", max_retries=0)
+    jobs = [(model, p) for p in range(3) for model in ("triage", "orders", "tiny")] * 2
+    engine.peak_batch = 0
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(lambda job: _greedy(client, job[0], PROMPTS[job[1]], stream=job[1] == 1), jobs))
+    assert answers == [expected[model][p] for model, p in jobs]
+    assert engine.peak_batch > 1
 
 
 def test_lora_loads_and_unloads_at_run_time(lora_setup):

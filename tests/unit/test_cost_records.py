@@ -136,6 +136,20 @@ def test_the_serving_benchmarks_own_records_nested_by_backend_and_client_count(t
     assert priced.source.endswith(f"gpus.cpu.per_hour.specialist; GPU from {bench}: line 2: settings.cpus (2 CPU cores, no GPU)")
 
 
+def test_a_short_log_gives_its_tokens_when_the_volume_is_a_flag(tmp_path):
+    """A replay of a few minutes cannot measure a daily volume; with --requests-per-day its token means still count."""
+    log = tmp_path / "replay.jsonl"
+    write_jsonl(log, [{"created": "2026-05-01T00:00:00Z", "model": "triage", "prompt_tokens": 120, "completion_tokens": 30},
+                      {"created": "2026-05-01T00:02:00Z", "model": "triage", "prompt_tokens": 80, "completion_tokens": 10}])  # fmt: skip
+    with pytest.raises(TunekitError, match="span 2 minutes, too short"):
+        load_inputs(request_log=log)
+    inputs = load_inputs(request_log=log, flags={"traffic.requests_per_day": (1000, "--requests-per-day"),
+                                                 "training.cost": (1.0, "--training-cost")})  # fmt: skip
+    assert (inputs.traffic.requests_per_day, inputs.traffic.input_tokens, inputs.traffic.output_tokens) == (1000, 100, 20)
+    assert inputs.source("traffic.requests_per_day") == "--requests-per-day"
+    assert inputs.source("traffic.input_tokens") == f"{log}: 2 rows, 2026-05-01T00:00:00+00:00 to 2026-05-01T00:02:00+00:00: mean prompt_tokens"
+
+
 def test_the_request_log_of_tunekit_serve(tmp_path):
     from tunekit.serve.requestlog import RequestLog, RequestRecord
 

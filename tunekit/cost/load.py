@@ -102,9 +102,10 @@ def load_inputs(
         layers.append(from_estimate(estimate, tokens_per_s))
     if benchmark is not None:
         layers.append(from_benchmark(benchmark))
-    if request_log is not None:
-        layers.append(from_request_log(request_log, log_model))
-    if inputs_file is not None:
-        layers.append(file_layer(inputs_file))
+    given = file_layer(inputs_file) if inputs_file is not None else {}
+    if request_log is not None:  # a volume given in the file or a flag wins; then a short log still gives its tokens
+        volume_given = "traffic.requests_per_day" in given or "traffic.requests_per_day" in (flags or {})
+        layers.append(from_request_log(request_log, log_model, volume=not volume_given))
+    layers.append(given)
     layers.append(flags or {})
     return build_inputs(layers)

@@ -191,8 +191,9 @@ def _log_rows(path: Path, model: str | None) -> tuple[list[dict], str]:
     return rows, str(path)
 
 
-def from_request_log(path: Path, model: str | None = None) -> Layer:
-    """Requests per day and mean prompt / completion tokens of the answered requests of a log."""
+def from_request_log(path: Path, model: str | None = None, *, volume: bool = True) -> Layer:
+    """Requests per day and mean prompt / completion tokens of the answered requests of a log.
+    `volume=False` (the volume is given elsewhere): a log too short to measure one still gives its tokens."""
     path = Path(path)
     if not path.is_file():
         raise TunekitError(f"{path}: request log not found", hint="pass the SQLite request log of `tunekit serve`, or a JSONL file of its rows")
@@ -200,11 +201,11 @@ def from_request_log(path: Path, model: str | None = None) -> Layer:
     rows = [r for r in logged if not isinstance(r.get("status"), int) or r["status"] < 400]
     picked = f" where model = {model}" if model else ""
     refused = f" ({len(logged) - len(rows):,} refused, not counted)" if len(rows) < len(logged) else ""
-    if len(rows) < 2:
+    if len(rows) < (2 if volume else 1):
         raise TunekitError(f"{origin}: {len(rows)} answered request row(s){picked}: too few to measure a volume", hint="give --requests-per-day")
     times = sorted(_timestamp(r["created"], r["_where"]) for r in rows)
     span = times[-1] - times[0]
-    if span < MIN_LOG_SPAN_S:
+    if span < MIN_LOG_SPAN_S and volume:
         raise TunekitError(
             f"{origin}: the {len(rows)} requests{picked} span {span / 60:.0f} minutes, too short to measure a daily volume",
             hint="log at least an hour of traffic, or give --requests-per-day",
@@ -215,11 +216,12 @@ def from_request_log(path: Path, model: str | None = None) -> Layer:
             raise TunekitError(f"{bad['_where']}: {key}: {bad[key]!r} is not a token count", hint="token counts are whole numbers >= 0")
     first, last = (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds") for t in (times[0], times[-1]))
     described = f"{origin}: {len(rows):,} rows{picked}{refused}, {first} to {last}"
-    # The rate between the first and the last request: n - 1 intervals over the span.
-    per_day = (len(rows) - 1) * 86400 / span
-    extrapolated = f", extrapolated from {span / 3600:.1f} hours" if span < 86400 else ""
+    layer: Layer = {}
+    if span >= MIN_LOG_SPAN_S:  # the rate between the first and the last request: n - 1 intervals over the span
+        extrapolated = f", extrapolated from {span / 3600:.1f} hours" if span < 86400 else ""
+        layer["traffic.requests_per_day"] = ((len(rows) - 1) * 86400 / span, f"{described}: (rows - 1) x 86400 / span{extrapolated}")
     return {
-        "traffic.requests_per_day": (per_day, f"{described}: (rows - 1) x 86400 / span{extrapolated}"),
+        **layer,
         "traffic.input_tokens": (statistics.fmean(r["prompt_tokens"] for r in rows), f"{described}: mean prompt_tokens"),
         "traffic.output_tokens": (statistics.fmean(r["completion_tokens"] for r in rows), f"{described}: mean completion_tokens"),
     }
