@@ -8,26 +8,40 @@ prompt tokens; a wrong eos as a stop token llama.cpp does not know or as answers
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunekit.export.llamacpp import chat_greedy, end_of_generation, open_gguf, prompt_token_ids, render_prompt
-from tunekit.export.parity import first_difference, free_memory, greedy_decode, prompt_label
+from tunekit.export.parity import first_difference, free_memory, prompt_label
+
+HF_BATCH_SIZE = 8
+
+
+@dataclass
+class _HfAnswer:
+    prompt_ids: list[int]
+    text: str
+    stopped: bool  # ended on an end-of-turn token (not at max_new_tokens)
 
 
 def _hf_side(merged_dir: Path, conversations: list, max_new_tokens: int):
-    import torch
-
+    """The merged model's greedy answers, batched as eval batches them (tunekit.eval.generation: left
+    padding, the shared prompt start computed once; the same answers as one prompt at a time)."""
+    from tunekit.eval.generation import Decoding, generate
     from tunekit.models import load_model, load_tokenizer
     from tunekit.models.loading import end_of_turn_ids
 
     tokenizer = load_tokenizer(str(merged_dir))
     model = load_model(str(merged_dir), dtype="float32").eval()
-    with torch.inference_mode():
-        decoded = [greedy_decode(model, tokenizer, c, max_new_tokens, None) for c in conversations]
+    generations = generate(model, tokenizer, conversations, Decoding(max_new_tokens, HF_BATCH_SIZE), label="parity: merged model")
     end_ids = end_of_turn_ids(tokenizer, model.generation_config)
     del model
     free_memory()
-    return tokenizer, decoded, end_ids
+    answers = []
+    for conversation, text, finish in zip(conversations, generations.outputs, generations.finish):
+        prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        answers.append(_HfAnswer(tokenizer(prompt, add_special_tokens=False)["input_ids"], text, finish == "stop"))
+    return tokenizer, answers, end_ids
 
 
 def _stop_tokens(llm, metadata: dict, end_ids: list[int], tokenizer) -> dict:
@@ -61,7 +75,7 @@ def check_gguf_parity(merged_dir: Path, gguf_file: Path, prompts: list, max_new_
             prompt = render_prompt(llm, conversation)
             prompt_same = prompt is not None and prompt_token_ids(llm, prompt) == ref.prompt_ids
             text, finish = chat_greedy(llm, conversation, max_new_tokens) if prompt is not None else ("", "no template")
-            hf_stopped = bool(ref.generated) and ref.generated[-1] in end_ids
+            hf_stopped = ref.stopped
             hf_ids = tokenizer(ref.text, add_special_tokens=False)["input_ids"]
             gguf_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             first = first_difference(hf_ids, gguf_ids)
