@@ -102,6 +102,14 @@ def test_keys_guard_the_api_and_the_admin_routes(setup):
     escaped = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": "x", "lora_path": "escape"}, headers=admin)
     assert escaped.status_code == 400 and "outside" in escaped.json()["error"]["message"]
 
+    # `tunekit chat` against a server with keys: --api-key / TUNEKIT_API_KEY, and one clear refusal without
+    from tunekit.cli.serve import send_chat
+    from tunekit.errors import TunekitError
+
+    assert send_chat(PROMPTS[0], url=url, model="triage", max_tokens=8, api_key=USER) == _ask(openai.OpenAI(base_url=url, api_key=USER, max_retries=0), "triage", PROMPTS[0], False)
+    with pytest.raises(TunekitError, match=r"refused the request \(401\)"):
+        send_chat(PROMPTS[0], url=url, model="triage", max_tokens=8)
+
 
 def test_hot_load_and_unload_while_requests_run(setup):
     url, root, adapters, expected, model_dir = setup

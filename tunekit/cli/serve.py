@@ -83,7 +83,7 @@ def serve_settings(
             given = f"--{name.replace('_', '-')} {flags[name]}" if flags.get(name) is not None else f"serve.{key}" if key else "serve"
             problems.append(f"{given}: {error['msg'].removeprefix('Value error, ')}")
         where = f" in {path}" if base else ""
-        raise TunekitError("; ".join(problems) + where, hint="see `tunekit serve --help` and docs/serving.md") from None
+        raise TunekitError("; ".join(problems) + where, hint="see `tunekit serve --help` and docs/serve.md") from None
     anchor_paths(settings, anchor)
     return settings
 
@@ -237,14 +237,16 @@ def send_chat(
     max_tokens: int | None = None,
     temperature: float = 0.0,
     timeout_s: float = 600.0,
+    api_key: str | None = None,
 ) -> str:
-    """Send one message to an OpenAI-compatible server and return the answer text."""
+    """Send one message to an OpenAI-compatible server and return the answer text (`api_key`: for a
+    server with keys; none: a placeholder, which a server without keys accepts)."""
     try:
         import openai
     except ImportError:
         raise TunekitError("`tunekit chat` needs the `openai` package", hint="pip install openai") from None
     base_url = _api_url(url)
-    client = openai.OpenAI(base_url=base_url, api_key=PLACEHOLDER_API_KEY, max_retries=0, timeout=timeout_s)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_API_KEY, max_retries=0, timeout=timeout_s)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     try:
         if model is None:
@@ -280,9 +282,12 @@ def chat_command(
     system: Annotated[Optional[str], typer.Option(help="System prompt sent before the message.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=1, help="Most tokens to generate (default: the server's).")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature; 0 is greedy and repeatable.")] = 0.0,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="TUNEKIT_API_KEY", help="API key, for a server started with keys.", show_default=False)
+    ] = None,
 ) -> None:
     """Send one message to a running `tunekit serve` (or any OpenAI-compatible server) and print the answer."""
-    typer.echo(send_chat(message, url=url, model=model, system=system, max_tokens=max_tokens, temperature=temperature))
+    typer.echo(send_chat(message, url=url, model=model, system=system, max_tokens=max_tokens, temperature=temperature, api_key=api_key))
 
 
 def register(app: typer.Typer) -> None:
