@@ -90,7 +90,7 @@ def chat_greedy(llm, messages: list[dict], max_tokens: int) -> tuple[str, str]:
     return choice["message"]["content"] or "", choice["finish_reason"]
 
 
-def perplexity(path: Path, text: str, *, context: int = 512, max_tokens: int = 8192, token_ids: list[int] | None = None) -> dict:
+def perplexity(path: Path, text: str, *, context: int = 512, max_tokens: int = 4096, token_ids: list[int] | None = None) -> dict:
     """Perplexity of `text` under the GGUF at `path`, scored in non-overlapping `context`-token windows
     (the first token of each window is context only). Pass `token_ids` to score the exact tokens another
     file was scored on."""
