@@ -395,13 +395,18 @@ class LlamaCppEngine:
             if not batch.free_seq_ids or (running and batch.reserved + len(batch.cached) + need > batch.cells):
                 return
             waiting.popleft()
-            if not running:
-                self._set_lora(batch, job.loaded.lora)
-                if batch.reserved + len(batch.cached) + need > batch.cells:
-                    batch.forget_cached(llama_cpp)
-            seq.seq_id, seq.need = batch.free_seq_ids.pop(0), need
-            batch.reserved += need
-            seq.position = batch.reuse(llama_cpp, seq.seq_id, job.prompt, job.loaded.lora)
+            try:
+                if not running:
+                    self._set_lora(batch, job.loaded.lora)
+                    if batch.reserved + len(batch.cached) + need > batch.cells:
+                        batch.forget_cached(llama_cpp)
+                seq.seq_id, seq.need = batch.free_seq_ids.pop(0), need
+                batch.reserved += need
+                seq.position = batch.reuse(llama_cpp, seq.seq_id, job.prompt, job.loaded.lora)
+            except Exception as exc:  # this request fails alone; the scheduler goes on
+                job.gen._fail(exc)
+                self._finish(seq)
+                continue
             seq.next_input = list(job.prompt[seq.position :])
             seed = job.sampling.seed + seq.index if job.sampling.seed is not None else random.getrandbits(31)
             seq.rng = random.Random(seed)
