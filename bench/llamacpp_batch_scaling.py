@@ -62,7 +62,7 @@ def measure(path: Path, steps: int) -> dict:
             per_step = (time.perf_counter() - started) / steps
             rows.append({"sequences": sequences, "ms_per_step": round(per_step * 1000, 2), "tokens_per_s": round(sequences / per_step, 1)})
     finally:
-        context.close(llama_cpp)
+        context.close()
         llm.close()
     return {
         "workload": f"llama.cpp decode steps of 1-8 sequences on one shared KV cache ({path.name})",

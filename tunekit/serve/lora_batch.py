@@ -83,6 +83,7 @@ def _stackable(module) -> bool:
 
 def _stack(module, routing: StackedAdapters) -> None:
     import torch
+    from peft.tuners.lora.layer import VARIANT_KWARG_KEYS
 
     weights = [(slot, module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name])
                for name, slot in routing.slots.items() if name in module.lora_A]  # fmt: skip
@@ -97,18 +98,16 @@ def _stack(module, routing: StackedAdapters) -> None:
             A[slot, : a.shape[0]] = a
             B[slot, : a.shape[0]] = b.t()
             scaling[slot] = scale
-    module._tunekit_stack = (routing, A, B, scaling)
+    module._tunekit_stack = (routing, A, B, scaling, tuple(VARIANT_KWARG_KEYS))
     module._mixed_batch_forward = types.MethodType(_stacked_forward, module)
 
 
 def _stacked_forward(self, x, *args, adapter_names: list[str], **kwargs):
-    from peft.tuners.lora.layer import VARIANT_KWARG_KEYS
-
     if x.dim() != 3 or x.shape[0] != len(adapter_names):
         return type(self)._mixed_batch_forward(self, x, *args, adapter_names=adapter_names, **kwargs)
-    for key in VARIANT_KWARG_KEYS:  # as PEFT's own: not for the base layer
+    routing, A, B, scaling, variant_keys = self._tunekit_stack
+    for key in variant_keys:  # as PEFT's own: not for the base layer
         kwargs.pop(key, None)
-    routing, A, B, scaling = self._tunekit_stack
     result = self.base_layer(x, *args, **kwargs)
     single, used, row_slots, used_index = routing.route(adapter_names, x.device)
     if not used:

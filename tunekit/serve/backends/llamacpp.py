@@ -57,12 +57,15 @@ class _BatchContext:
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
+        self.llama_cpp = llama_cpp
         self.cells = cells
         self.ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not self.ctx:
             raise ModelError(f"llama.cpp could not create a context of {cells} KV cells for {SLOTS} sequences")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(cells, 0, 1)
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.lora: Any = None  # the LoRA set on the context now
         self.reserved = 0  # KV cells promised to the running sequences
         self.free_seq_ids = list(range(SLOTS))
@@ -71,11 +74,11 @@ class _BatchContext:
         self.cached: list[int] = []
         self.cached_lora: Any = None
 
-    def forget_cached(self, llama_cpp) -> None:
-        llama_cpp.llama_memory_seq_rm(self.memory, SLOTS, -1, -1)
+    def forget_cached(self) -> None:
+        self.llama_cpp.llama_memory_seq_rm(self.memory, SLOTS, -1, -1)
         self.cached, self.cached_lora = [], None
 
-    def reuse(self, llama_cpp, seq_id: int, prompt: list[int], lora) -> int:
+    def reuse(self, seq_id: int, prompt: list[int], lora) -> int:
         """Copy the cached cells of the start `prompt` shares with the last prompt to `seq_id`; returns how many."""
         if lora is not self.cached_lora:
             return 0
@@ -86,18 +89,23 @@ class _BatchContext:
             shared += 1
         if shared < MIN_SHARED_PREFIX:
             return 0
-        llama_cpp.llama_memory_seq_cp(self.memory, SLOTS, seq_id, 0, shared)
+        self.llama_cpp.llama_memory_seq_cp(self.memory, SLOTS, seq_id, 0, shared)
         return shared
 
-    def keep(self, llama_cpp, seq_id: int, prompt: list[int], lora) -> None:
+    def keep(self, seq_id: int, prompt: list[int], lora) -> None:
         """Make `seq_id`'s freshly computed prompt the cached one."""
-        llama_cpp.llama_memory_seq_rm(self.memory, SLOTS, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self.memory, seq_id, SLOTS, 0, len(prompt))
+        self.llama_cpp.llama_memory_seq_rm(self.memory, SLOTS, -1, -1)
+        self.llama_cpp.llama_memory_seq_cp(self.memory, seq_id, SLOTS, 0, len(prompt))
         self.cached, self.cached_lora = list(prompt), lora
 
-    def close(self, llama_cpp) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-        llama_cpp.llama_free(self.ctx)
+    def release(self, seq_id: int) -> None:
+        """A sequence is over: its cells (those not shared with the cached prompt) and its slot go back."""
+        self.llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        self.free_seq_ids.append(seq_id)
+
+    def close(self) -> None:
+        self.llama_cpp.llama_batch_free(self.batch)
+        self.llama_cpp.llama_free(self.ctx)
 
 
 @dataclass
@@ -251,9 +259,6 @@ class LlamaCppEngine:
         self._drop_retired()
 
     def _drop_retired(self) -> None:
-        from tunekit.export.gguf import require_llama_cpp
-
-        llama_cpp = require_llama_cpp()
         with self._registry_lock:
             gone = [self._loaded.pop(n) for n, served in list(self._retired.items()) if served.in_flight == 0]
             self._retired = {n: served for n, served in self._retired.items() if served.in_flight > 0}
@@ -262,8 +267,8 @@ class LlamaCppEngine:
                 if loaded.batch.lora is loaded.lora:
                     self._set_lora(loaded.batch, None)
                 if loaded.batch.cached_lora is loaded.lora:
-                    loaded.batch.forget_cached(llama_cpp)
-                llama_cpp.llama_adapter_lora_free(loaded.lora)
+                    loaded.batch.forget_cached()
+                loaded.batch.llama_cpp.llama_adapter_lora_free(loaded.lora)
 
     def close(self) -> None:
         if self._closed:
@@ -271,13 +276,10 @@ class LlamaCppEngine:
         self._closed = True
         self._pending.put(None)
         self._thread.join(timeout=30)
-        from tunekit.export.gguf import require_llama_cpp
-
-        llama_cpp = require_llama_cpp()
         with self._llama_lock, self._registry_lock:
             for loaded in self._loaded.values():
                 if loaded.lora is None:
-                    loaded.batch.close(llama_cpp)
+                    loaded.batch.close()
                     loaded.llm.close()
             self._loaded.clear()
 
@@ -377,9 +379,6 @@ class LlamaCppEngine:
     def _admit(self, waiting: collections.deque, running: list[_Seq]) -> None:
         """Move waiting choices into the batch, first come first served, while they share its (model,
         LoRA), a sequence slot is free and their KV cells fit."""
-        from tunekit.export.gguf import require_llama_cpp
-
-        llama_cpp = require_llama_cpp()
         while waiting:
             seq = waiting[0]
             job = seq.job
@@ -399,10 +398,10 @@ class LlamaCppEngine:
                 if not running:
                     self._set_lora(batch, job.loaded.lora)
                     if batch.reserved + len(batch.cached) + need > batch.cells:
-                        batch.forget_cached(llama_cpp)
+                        batch.forget_cached()
                 seq.seq_id, seq.need = batch.free_seq_ids.pop(0), need
                 batch.reserved += need
-                seq.position = batch.reuse(llama_cpp, seq.seq_id, job.prompt, job.loaded.lora)
+                seq.position = batch.reuse(seq.seq_id, job.prompt, job.loaded.lora)
             except Exception as exc:  # this request fails alone; the scheduler goes on
                 job.gen._fail(exc)
                 self._finish(seq)
@@ -414,9 +413,7 @@ class LlamaCppEngine:
 
     def _set_lora(self, batch: _BatchContext, lora) -> None:
         """Put `lora` (None: none) on a batch context (only between batches: every sequence on it uses it)."""
-        from tunekit.export.gguf import require_llama_cpp
-
-        llama_cpp = require_llama_cpp()
+        llama_cpp = batch.llama_cpp
         if batch.lora is lora:
             return
         if lora is None:
@@ -433,11 +430,8 @@ class LlamaCppEngine:
         token for each, with the hf backend's stop, length and streaming rules."""
         import numpy as np
 
-        from tunekit.export.gguf import require_llama_cpp
-
-        llama_cpp = require_llama_cpp()
         batch = running[0].job.loaded.batch
-        b = batch.batch
+        llama_cpp, b = batch.llama_cpp, batch.batch
         count, last = 0, []
         for seq in running:
             for offset, token in enumerate(seq.next_input):
@@ -450,13 +444,10 @@ class LlamaCppEngine:
         status = llama_cpp.llama_decode(batch.ctx, b)
         if status != 0:
             raise ModelError(f"llama.cpp could not decode the batch (status {status})")
-        llm = running[0].job.loaded.llm
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         fresh = [seq for seq in running if not seq.tokens]  # nothing generated yet: its prompt went in now
         if fresh:  # prompts computed in this step: the last one is cached for the next request
             seq = fresh[-1]
-            batch.keep(llama_cpp, seq.seq_id, seq.job.prompt, seq.job.loaded.lora)
+            batch.keep(seq.seq_id, seq.job.prompt, seq.job.loaded.lora)
         for seq, index in zip(running, last):
             seq.position += len(seq.next_input)
             seq.next_input = []
@@ -464,9 +455,9 @@ class LlamaCppEngine:
                 seq.job.gen._push(Event(seq.index, "", "cancelled", len(seq.tokens)))
                 self._finish(seq)
                 continue
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(batch.ctx, index), shape=(n_vocab,))
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(batch.ctx, index), shape=(batch.n_vocab,))
             token = _pick(logits, seq.job.sampling, seq.rng)
-            self._advance(seq, token, llama_cpp.llama_vocab_is_eog(vocab, token))
+            self._advance(seq, token, llama_cpp.llama_vocab_is_eog(batch.vocab, token))
 
     def _advance(self, seq: _Seq, token: int, end_of_generation: bool) -> None:
         job, s = seq.job, seq.job.sampling
@@ -491,15 +482,12 @@ class LlamaCppEngine:
 
     def _finish(self, seq: _Seq) -> None:
         """A choice is over: its KV cells and slot go back; the last choice of a request releases its model."""
-        from tunekit.export.gguf import require_llama_cpp
-
         if seq.done:
             return
         seq.done = True
         batch = seq.job.loaded.batch
         if seq.seq_id >= 0:
-            require_llama_cpp().llama_memory_seq_rm(batch.memory, seq.seq_id, -1, -1)
-            batch.free_seq_ids.append(seq.seq_id)
+            batch.release(seq.seq_id)
             batch.reserved -= seq.need
         gen = seq.job.gen
         gen._rows_done += 1
