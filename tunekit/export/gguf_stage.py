@@ -126,4 +126,5 @@ def export_ollama(recipe, run, merged_dir: Path, gguf: dict) -> dict:
 
     tokenizer = load_tokenizer(str(merged_dir))
     end_ids = end_of_turn_ids(tokenizer, GenerationConfig.from_pretrained(merged_dir))
-    return write_modelfile(run.modelfile, choose_ollama_gguf(recipe, gguf), tokenizer, end_ids, recipe)
+    add_bos_token = gguf["metadata"]["add_bos_token"]  # the same in every type: the F16 file's tokenizer metadata
+    return write_modelfile(run.modelfile, choose_ollama_gguf(recipe, gguf), tokenizer, end_ids, recipe, add_bos_token)

@@ -74,6 +74,9 @@ def _print_ollama(ollama: dict) -> None:
         console.print("[yellow]    no TEMPLATE written: the chat template's family is not one tunekit translates; Ollama will guess it[/]")
     elif not ollama["template_verified"]:
         console.print(f"[yellow]    the {ollama['family']} TEMPLATE does not reproduce the HF template for: {ollama['template_mismatches']}[/]")
+    else:
+        stops = ", ".join(ollama["stop"])
+        console.print(f"    TEMPLATE: {ollama['family']} layout, reproduces the HF template on the probe chats; stop: {escape(stops)}", soft_wrap=True)
     console.print(f"    create it with: {escape(ollama['command'])}", soft_wrap=True)
 
 
