@@ -100,7 +100,9 @@ class JudgeConfig(Section):
         "Is the answer correct, complete and in the requested format?", description="What the judge grades (rubric mode)."
     )
     max_items: int | None = Field(50, gt=0, description="Test examples judged at most.")
-    max_tokens: int = Field(64, gt=0, description="Tokens the judge may write per verdict.")
+    max_tokens: int = Field(
+        64, gt=0, description="Tokens the judge may write per verdict. Replies cut at it are counted (judge.truncated_share) and reported."
+    )
     retries: int = Field(2, ge=0, description="Retries of a failed or unparseable judge call.")
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one judge response.")
 

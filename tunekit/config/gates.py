@@ -157,7 +157,7 @@ def known_metric_names(cfg) -> list[str]:
             names += ["judge.rubric_mean", "judge.failures"] + (["base.judge.rubric_mean"] if cfg.compare_base else [])
         if cfg.judge.mode in ("pairwise", "both") and cfg.compare_base:
             names += ["judge.win_rate", "judge.loss_rate", "judge.tie_rate", "judge.order_agreement"]
-        names = list(dict.fromkeys(names + ["judge.failures"]))
+        names = list(dict.fromkeys(names + ["judge.failures", "judge.truncated_share"]))
     return names
 
 

@@ -93,6 +93,9 @@ def flat_metrics(report: dict) -> dict:
         for key in ("win_rate", "loss_rate", "tie_rate", "order_agreement", "failures"):
             if key in judge:
                 values[f"judge.{key}"] = judge[key]
+        cut = judge.get("truncated")
+        if cut is not None:  # the judge's replies cut at eval.judge.max_tokens, as task.truncated_share counts answers
+            values["judge.truncated_share"] = cut["n"] / cut["of"] if cut["of"] else None
     return values
 
 
@@ -159,7 +162,7 @@ def _print_forgetting(forgetting: dict) -> None:
 
 
 def _print_judge(judge: dict) -> None:
-    shown = {k: v for k, v in judge.items() if k not in ("model",)}
+    shown = {k: v for k, v in judge.items() if k not in ("model", "truncated")}  # truncated: a warning of its own
     console.print(f"judge {escape(str(judge.get('model')))}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
 
 
@@ -178,18 +181,27 @@ def print_verdict(verdict: dict) -> None:
 
 
 def truncation_lines(report: dict) -> list[str]:
-    """One line per side whose answers hit the token budget: a cut answer scores like a wrong one."""
+    """One line per side whose answers hit the token budget (a cut answer scores like a wrong one), and
+    one for the judge's replies cut at theirs (a verdict cut before its score is a failure)."""
     settings = report["settings"]
     lines = []
     for name, counts in (report.get("truncated") or {}).items():
         if counts["n"]:
             lines.append(
                 f"{counts['n']} of {counts['of']} {name} answers were cut at max_new_tokens={settings['max_new_tokens']} "
-                f"(references are up to {settings.get('reference_tokens_max', '?')} tokens)"
+                f"(references are up to {settings.get('reference_tokens_max', '?')} tokens); "
+                "raise eval.max_new_tokens if they should be longer"
             )
     for name, counts in ((report.get("forgetting") or {}).get("truncated") or {}).items():
         if counts["n"]:
             lines.append(f"{counts['n']} of {counts['of']} {name} forgetting-suite answers were cut at their item's budget")
+    judged = (report.get("judge") or {}).get("truncated") or {}
+    if judged.get("n"):
+        budgets = " or ".join(str(k) for k in judged["max_tokens"])
+        lines.append(
+            f"{judged['n']} of {judged['of']} judge replies were cut at eval.judge.max_tokens={budgets}; "
+            "raise it if the judge's verdicts need more room"
+        )
     return lines
 
 
@@ -213,7 +225,7 @@ def print_report(report: dict) -> None:
         return
     print_table(report)
     for line in truncation_lines(report):
-        console.print(f"[yellow]warning:[/] {escape(line)}; raise eval.max_new_tokens if they should be longer", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if report.get("forgetting"):
         _print_forgetting(report["forgetting"])
     if report.get("judge"):
