@@ -3,13 +3,17 @@ and one message that names what and where; none ends in a traceback.
 
 In process, a command's outcome is its exception: a TunekitError (printed by `tunekit` as one
 message, exit 1) or click's usage exit (2). Anything else would reach the user as a traceback.
-A few cases also run as the real `tunekit` process, whose stderr must hold no "Traceback".
+A few cases also run as the real `tunekit` process, whose stderr must hold no "Traceback"; so do
+the unreadable files (mode 000), with the process stripped of root's power to read them anyway.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +171,72 @@ def test_the_real_process_prints_no_traceback(tmp_path, bad):
         assert result.returncode in (1, 2), result.stderr
         assert "Traceback" not in result.stderr + result.stdout
         assert sum(line.startswith(("error:", "Usage:")) for line in result.stderr.splitlines()) == 1, result.stderr
+
+
+# --- unreadable files ----------------------------------------------------------------------------
+
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+def _as_an_ordinary_reader() -> None:
+    """preexec_fn: root keeps its uid but loses what lets it read any file (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH, dropped from the bounding set, so the exec'd interpreter never has them);
+    a mode-000 file is then as unreadable to the command as to any user. (Switching to an
+    unprivileged uid would also lock the command out of an interpreter installed under /root.)"""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+def _tunekit_unprivileged(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    preexec = _as_an_ordinary_reader if os.geteuid() == 0 else None
+    return subprocess.run([sys.executable, "-m", "tunekit", *map(str, args)], capture_output=True, text=True, env=env,
+                          preexec_fn=preexec, timeout=300)
+
+
+@pytest.fixture
+def unreadable(tmp_path, tiny_model_dir) -> dict[str, Path]:
+    """A recipe and a data file with mode 000 (and a readable recipe pointing at that data file)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(CHAT | {"id": i}) for i in range(12)) + "\n")
+    recipe = _recipe(tmp_path, "train.jsonl", str(tiny_model_dir))
+    locked = tmp_path / "locked.yaml"
+    shutil.copy(recipe, locked)
+    for path in (data, locked):
+        path.chmod(0)
+    try:
+        probe = subprocess.run([sys.executable, "-c", f"open({str(locked)!r}).read()"], capture_output=True, text=True,
+                               preexec_fn=_as_an_ordinary_reader if os.geteuid() == 0 else None)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot drop the privilege to read any file here ({exc}): a mode-000 file stays readable")
+    if probe.returncode == 0:
+        pytest.skip("a mode-000 file is still readable after dropping CAP_DAC_OVERRIDE (a filesystem without permissions?)")
+    return {"recipe": locked, "data": data, "recipe_of_data": recipe}
+
+
+def _assert_cannot_read(result: subprocess.CompletedProcess, path: Path) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    # One message (a recipe's problems are listed under its one "error:" line), naming the file.
+    assert sum(line.startswith(("error:", "Usage:")) for line in result.stderr.splitlines()) == 1, output
+    assert any(str(path) in line and "cannot read" in line for line in result.stderr.splitlines()), output
+
+
+@pytest.mark.parametrize("command", FILE_COMMANDS, ids=" ".join)
+def test_every_command_given_an_unreadable_file(unreadable, command):
+    _assert_cannot_read(_tunekit_unprivileged(*command, unreadable["recipe"]), unreadable["recipe"])
+
+
+@pytest.mark.parametrize("command", [["validate"], ["data", "prepare"], ["data", "preview"], ["estimate"], ["run"]], ids=" ".join)
+def test_an_unreadable_data_file(unreadable, command):
+    _assert_cannot_read(_tunekit_unprivileged(*command, unreadable["recipe_of_data"]), unreadable["data"])
+
+
+def test_an_unreadable_data_file_audited_without_a_recipe(unreadable, tiny_model_dir, tmp_path):
+    result = _tunekit_unprivileged("data", "prepare", unreadable["data"], "--model", tiny_model_dir, "--out", tmp_path / "runs")
+    _assert_cannot_read(result, unreadable["data"])

@@ -7,6 +7,7 @@ with its key, and exit 1, like every other user mistake.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +15,8 @@ import typer
 
 from tunekit.console import console
 
-Opt = typer.Option
+# readable=False: the cost stage's readers report an unreadable file themselves (see tunekit.cli.common).
+Opt = partial(typer.Option, readable=False)
 # flag name -> dotted key of CostInputs
 COST_FLAGS = {
     "requests_per_day": "traffic.requests_per_day", "overhead_tokens": "traffic.overhead_tokens",
@@ -96,7 +98,7 @@ def _print_sensitivity(report) -> None:
 
 
 def cost(
-    inputs: Annotated[Optional[Path], typer.Argument(help="A YAML file of cost inputs (keys as in docs/cost.md); flags override it.")] = None,
+    inputs: Annotated[Optional[Path], typer.Argument(help="A YAML file of cost inputs (keys as in docs/cost.md); flags override it.", readable=False)] = None,
     run: Annotated[Optional[Path], Opt(help="A run directory: training hours, hardware, tokens trained, training rows.")] = None,
     estimate: Annotated[Optional[Path], Opt(help="`tunekit estimate --json` output, or a recipe to estimate now: training hours and tokens.")] = None,
     tokens_per_s: Annotated[Optional[float], Opt(help="Training speed on the target GPU, for --estimate RECIPE.")] = None,
@@ -175,7 +177,7 @@ def _print_advice(advice) -> None:
 
 
 def advise(
-    situation: Annotated[Optional[Path], typer.Argument(help="A YAML file of the situation's keys; flags override it.")] = None,
+    situation: Annotated[Optional[Path], typer.Argument(help="A YAML file of the situation's keys; flags override it.", readable=False)] = None,
     task: Annotated[Optional[str], Opt(help="classification, extraction, structured_output, style, knowledge_qa, chat, summarization, code, other.")] = None,
     knowledge_changes: Annotated[Optional[str], Opt(help="How often the facts change: never, yearly, quarterly, monthly, weekly, daily.")] = None,
     labelled_examples: Annotated[Optional[int], Opt(help="Labelled input/answer pairs you have.")] = None,

@@ -29,7 +29,9 @@ DATA_ROLES = ("train", "eval", "test")
 def prepare(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="A recipe YAML file or a run directory; or 1-3 data files (train, then eval, then test).", show_default=False),
+        typer.Argument(
+            help="A recipe YAML file or a run directory; or 1-3 data files (train, then eval, then test).", show_default=False, readable=False
+        ),
     ],
     set_: SetOpt = None,
     strict: Annotated[

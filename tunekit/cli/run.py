@@ -38,7 +38,7 @@ def run(
 
 
 def validate(
-    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file to check.", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(help="The recipe YAML file to check.", show_default=False, readable=False)],
     set_: SetOpt = None,
 ) -> None:
     """Check a recipe (keys, values, files, base model) without loading any weights."""

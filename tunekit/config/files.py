@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from tunekit.config.recipe import Recipe, apply_overrides, parse_recipe
+from tunekit.config.textfiles import file_problem
 from tunekit.errors import RecipeError
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -35,9 +36,9 @@ def recipe_for_files(files: dict[str, Path], *, model: str | None = None, output
                      overrides: list[str] | None = None) -> Recipe:
     """The recipe of `files` ({"train": ..., "eval": ..., "test": ...}), with the defaults and overrides,
     relative paths taken from the current directory."""
-    missing = [f"data.{role}: file not found: {path}" for role, path in files.items() if not Path(path).exists()]
-    if missing:
-        raise RecipeError("the command line", missing)
+    problems = [f"data.{role}: {problem}" for role, path in files.items() if (problem := file_problem(Path(path), directory_ok=True))]
+    if problems:
+        raise RecipeError("the command line", problems)
     data = apply_overrides(_raw(files, model, output_dir), overrides or [])
     return parse_recipe(data, "the command line", base_dir=Path.cwd())
 

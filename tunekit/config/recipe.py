@@ -22,7 +22,7 @@ from tunekit.config.gates import gate_problems
 from tunekit.config.serve import ServeConfig
 from tunekit.config.train import TrainConfig
 from tunekit.errors import RecipeError
-from tunekit.config.textfiles import read_text
+from tunekit.config.textfiles import file_problem, read_text
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -222,14 +222,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
         data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
     recipe = parse_recipe(data, str(path), base_dir=path.parent)
     if check_files:
-        missing = [
-            f"data.{name}: file not found: {getattr(recipe.data, name)}"
-            for name in ("train", "eval", "test")
-            if getattr(recipe.data, name) is not None and not getattr(recipe.data, name).exists()
-        ]
+        files = {f"data.{name}": getattr(recipe.data, name) for name in ("train", "eval", "test")}
+        problems = [f"{key}: {problem}" for key, file in files.items() if file is not None and (problem := file_problem(file, directory_ok=True))]
         template = recipe.chat_template
-        if template is not None and _is_template_file(template) and not Path(template).is_file():
-            missing.append(f"chat_template: file not found: {template}")
-        if missing:
-            raise RecipeError(str(path), missing)
+        if template is not None and _is_template_file(template) and (problem := file_problem(Path(template))):
+            problems.append(f"chat_template: {problem}")
+        if problems:
+            raise RecipeError(str(path), problems)
     return recipe

@@ -1,5 +1,6 @@
 """Reading a user's text and YAML files with one clear error for each way it can go wrong: not
-there, a directory, unreadable, not UTF-8 (a binary file, a Latin-1 export), invalid YAML."""
+there, a directory, unreadable, not UTF-8 (a binary file, a Latin-1 export), invalid YAML; and the
+same check, without reading, for the input files a recipe names (`file_problem`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def read_text(path: Path, what: str, hint: str | None = None) -> str:
             f"{path}, line {line}: {kind} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); a {what} must be UTF-8 text",
             hint="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)" if kind != "a binary file" else f"pass a {what}",
         ) from None
+
+
+def file_problem(path: Path, *, directory_ok: bool = False) -> str | None:
+    """What stops an input file from being read ("file not found: PATH", "cannot read PATH: Permission
+    denied"), or None when it can be. A directory passes where `directory_ok` (a saved dataset), and so
+    does a path that names no local file (a hub dataset)."""
+    if not path.exists():
+        return f"file not found: {path}"
+    if not path.is_file():
+        return None if directory_ok or not path.is_dir() else f"{path} is a directory, not a file"
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
 
 
 def read_yaml(path: Path, what: str, hint: str | None = None) -> Any:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunekit.config import HubDataset
+from tunekit.config.textfiles import file_problem
 from tunekit.data.formats import RowProblem
 from tunekit.errors import DataError
 
@@ -98,6 +99,8 @@ def open_input(key: str, path: Path) -> InputSource:
         return _open_hf_dataset(key, path)
     if not path.is_file():
         raise DataError(f"data.{key}: file not found: {path}", hint=_missing_hint(key, path))
+    if problem := file_problem(path):
+        raise DataError(f"data.{key}: {problem}", hint="check the file's permissions")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return InputSource(PARQUET, _sha256_file(path), _parquet_records(key, path))
