@@ -121,14 +121,17 @@ def child_tunekit(job: dict) -> dict:
     probe = probe_callback(phases, steps, losses)
     original_build = runner.BUILDERS["sft"]
 
+    details = {}
+
     def build(recipe, run, callbacks=None):
         built = original_build(recipe, run, callbacks)
         count_tokens(built.trainer, tokens)
+        details.update({k: built.details[k] for k in ("cpu_micro_batch", "cpu_padding_free") if k in built.details})
         return built
 
     runner.BUILDERS["sft"] = build
     runner.train(recipe, run, show_progress=False, callbacks=[probe])
-    return summarize(steps, tokens, losses, phases)
+    return {**summarize(steps, tokens, losses, phases), **details}
 
 
 def child_baseline(job: dict) -> dict:

@@ -93,6 +93,13 @@ class FastConfig(Section):
         description="`auto`: fused CUDA AdamW on GPU; `adamw_torch` turns fusion off; `paged_adamw_*` (bitsandbytes) "
         "spill optimizer state to CPU under memory pressure, `_8bit` also quantizes it.",
     )
+    cpu_memory_budget_gib: float | None = Field(
+        2.5,
+        gt=0,
+        description="SFT off CUDA: when a step at `train.batch_size` rows is estimated to peak above this much resident "
+        "memory, each batch is split into smaller micro-batches accumulated to the same optimizer step (same rows, "
+        "same loss; tunekit.train.cpupath); null: never split.",
+    )
     bf16: bool = Field(True, description="bf16 mixed precision on GPUs that support it.")
     torch_compile: bool = Field(False, description="Compile the model with torch.compile (slow first steps; opt in).")
     memory_fraction: float = Field(

@@ -60,6 +60,13 @@ def train(
             f"training {recipe.train.method} ({_describe_adapter(recipe)}) on {len(trainer.train_dataset)} rows "
             f"({trainable:,} of {total:,} parameters trainable, {100 * trainable / total:.2f}%)"
         )
+        micro = built.details.get("cpu_micro_batch")
+        if micro and micro["rows"] != recipe.train.batch_size:
+            console.print(
+                f"  each batch of {recipe.train.batch_size} rows runs as {recipe.train.batch_size // micro['rows']} "
+                f"micro-batches of {micro['rows']} (estimated peak {micro['estimated_peak_gib']} GiB; "
+                f"train.fast.cpu_memory_budget_gib: {micro['budget_gib']:g})"
+            )
     t0 = time.perf_counter()
     output = robust.train_resumably(trainer, run, resume_from)
     runtime = time.perf_counter() - t0
