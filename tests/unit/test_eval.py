@@ -159,13 +159,17 @@ def _eval(run_root: Path, *overrides: str) -> tuple[dict, list[dict]]:
     return report, read_jsonl(result.predictions_path)
 
 
-def _plain_greedy(model_dir: Path, prompt: list[dict]) -> str:
-    """Greedy generation with plain transformers, one unpadded prompt: the reference behaviour."""
+def _plain_greedy(model_dir: Path, prompt: list[dict], adapter: Path | None = None) -> str:
+    """Greedy generation with plain transformers (and PEFT's unmerged adapter), one unpadded prompt:
+    the reference behaviour."""
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).eval()
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
@@ -191,8 +195,11 @@ def test_evaluate_writes_report_and_predictions(run_dir, tiny_model_dir):
     # The base numbers come from the base model itself: same text as plain transformers greedy decoding
     # of each prompt alone (eval runs the shared system prompt once and batches the rest behind it).
     assert [p["base_output"] for p in predictions] == [_plain_greedy(tiny_model_dir, p["prompt"]) for p in predictions]
-    # The adapter is really applied for the tuned side.
+    # The adapter is really applied for the tuned side, which generates with it merged into the
+    # weights (after the base has answered): the same text as PEFT's unmerged adapter.
     assert all(p["tuned_output"] != p["base_output"] for p in predictions)
+    adapter = RunPaths(run_dir).adapter_dir
+    assert [p["tuned_output"] for p in predictions] == [_plain_greedy(tiny_model_dir, p["prompt"], adapter) for p in predictions]
 
     # Report numbers agree with the per-example values written next to them.
     for side in ("base", "tuned"):
@@ -288,3 +295,20 @@ def test_cli_eval_max_examples(run_dir):
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(run_dir / "eval" / "predictions.jsonl")) == 1
     assert json.loads((run_dir / "eval" / "eval_report.json").read_text())["n_examples"] == 1
+
+
+def test_the_base_side_refuses_to_answer_from_merged_weights(run_dir):
+    from tunekit.errors import TunekitError
+    from tunekit.eval.generation import Decoding
+    from tunekit.eval.targets import load_sides
+
+    recipe = load_recipe(run_dir, [])
+    sides = load_sides(recipe, RunPaths(recipe.run_dir), need_base=True)
+    prompt = [[{"role": "user", "content": TICKETS[0][0]}]]
+    base_first = sides["base"].answer(prompt, Decoding(4, 1), "base").outputs
+    assert sides["tuned"].merge_to_generate
+    sides["tuned"].answer(prompt, Decoding(4, 1), "tuned")
+    assert not sides["tuned"].merge_to_generate and any(getattr(m, "merged", False) for m in sides["tuned"].model.modules())
+    with pytest.raises(TunekitError, match="answer the base first"):
+        sides["base"].answer(prompt, Decoding(4, 1), "base")
+    assert base_first

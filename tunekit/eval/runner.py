@@ -21,7 +21,7 @@ from tunekit.eval.gates import GateFailure
 from tunekit.eval.gates import evaluate as evaluate_gates
 from tunekit.eval.generation import Decoding, Generations
 from tunekit.eval.report import build_report, print_report, write_html
-from tunekit.eval.targets import load_sides, require_trained, resolve_target
+from tunekit.eval.targets import ANSWER_ORDER, load_sides, require_trained, resolve_target
 from tunekit.runs import RunPaths, read_jsonl, sha256_file, write_json, write_jsonl
 
 
@@ -84,19 +84,33 @@ def _suite_contamination(recipe: Recipe, run: RunPaths, items: list[dict]) -> li
     return find_contamination(questions, train, near_threshold=cfg.near_threshold, clean=recipe.data.clean)
 
 
-def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[dict]] | tuple[None, list]:
+@dataclass
+class SuiteItems:
+    """The forgetting-suite items to answer, and those left out as seen in training."""
+
+    items: list[dict]
+    flagged: list[tuple[dict, dict]]
+    excluded: list[tuple[dict, dict]]
+    decoding: Decoding
+
+
+def _suite_items(recipe: Recipe, run: RunPaths) -> SuiteItems | None:
     cfg = recipe.eval.forgetting
     if not cfg.enabled:
-        return None, []
+        return None
     items = [item for name in cfg.suites for item in forgetting.load_suite(name)]
     # A question seen in training says nothing about forgetting: it is left out before sampling.
     flags = _suite_contamination(recipe, run, items)
     exclude = recipe.eval.contamination.exclude
     flagged = [(item, flag) for item, flag in zip(items, flags) if flag is not None]
-    excluded = flagged if exclude else []
     items = forgetting.select([item for item, flag in zip(items, flags) if flag is None or not exclude], cfg.max_items)
     decoding = Decoding(forgetting.DEFAULT_MAX_NEW_TOKENS, cfg.batch_size, recipe.eval.temperature, recipe.eval.seed)
-    answered = {name: forgetting.answer_items(side.answer, items, decoding, f"forgetting {name}") for name, side in sides.items()}
+    return SuiteItems(items, flagged, flagged if exclude else [], decoding)
+
+
+def _forgetting(recipe: Recipe, suite: SuiteItems, answered: dict[str, tuple[list[str], list[str]]]) -> tuple[dict, list[dict]]:
+    """The forgetting summary and rows from each side's (outputs, finish reasons) on the suite."""
+    cfg, items = recipe.eval.forgetting, suite.items
     outputs = {name: outs for name, (outs, _) in answered.items()}
     correct = {name: [forgetting.score_item(o, item["check"]) for o, item in zip(outs, items)] for name, outs in outputs.items()}
     rows = [
@@ -105,9 +119,9 @@ def _forgetting(recipe: Recipe, run: RunPaths, sides: dict) -> tuple[dict, list[
         for i, item in enumerate(items)
     ]
     rows += [{"id": item["id"], "suite": item["suite"], "category": item["category"], "messages": item["messages"],
-              "check": item["check"], "contamination": flag, "excluded": True} for item, flag in excluded]
+              "check": item["check"], "contamination": flag, "excluded": True} for item, flag in suite.excluded]
     summary = forgetting.summarize(items, correct, warn=cfg.warn_drop, fail=cfg.fail_drop)
-    summary["contaminated"] = {"n": len(flagged), "excluded": bool(excluded), "ids": [item["id"] for item, _ in flagged]}
+    summary["contaminated"] = {"n": len(suite.flagged), "excluded": bool(suite.excluded), "ids": [item["id"] for item, _ in suite.flagged]}
     # A suite answer cut at its budget is scored wrong: say how many were, per side.
     summary["truncated"] = {name: {"n": finish.count("length"), "of": len(finish)} for name, (_, finish) in answered.items()}
     for row, i in zip(rows, range(len(items))):
@@ -213,8 +227,9 @@ def _evaluate_task(recipe: Recipe, run: RunPaths) -> EvalResult:
     longest = _longest_reference(sides, examples)
     budget = cfg.max_new_tokens or math.ceil(longest * 1.25) + 16
     decoding = Decoding(budget, cfg.batch_size, cfg.temperature, cfg.seed)
-    generations, scored, nll = _answer_and_score(recipe, sides, spec, decoding, examples)
-    forgetting_summary, forgetting_rows = _forgetting(recipe, run, sides)
+    suite = _suite_items(recipe, run)
+    generations, scored, nll, suite_answers = _answer_and_score(recipe, sides, spec, decoding, examples, suite)
+    forgetting_summary, forgetting_rows = _forgetting(recipe, suite, suite_answers) if suite is not None else (None, [])
     judge_summary, judge_rows = _judge(recipe, run, examples, kept, {n: g.outputs for n, g in generations.items()})
 
     report = build_report(
@@ -271,18 +286,27 @@ def _longest_reference(sides: dict, examples: list[EvalExample]) -> int:
     return max((len(ids) + 1 for ids in lengths), default=0)
 
 
-def _answer_and_score(recipe: Recipe, sides: dict, spec, decoding: Decoding, examples: list[EvalExample]):
-    """Each compared side answers every example; every answer is scored (and its reference NLL taken)."""
+def _answer_and_score(recipe: Recipe, sides: dict, spec, decoding: Decoding, examples: list[EvalExample], suite: SuiteItems | None):
+    """Each compared side answers every example (and the suite's items), one side after the other in
+    ANSWER_ORDER; every answer is scored (and its reference NLL taken)."""
     cfg = recipe.eval
     prompts = [e.prompt for e in examples]
     references = [e.reference for e in examples]
-    task_sides = [name for name in ("tuned", "base") if name in sides and (name == "tuned" or cfg.compare_base)]
-    generations: dict[str, Generations] = {name: sides[name].answer(prompts, decoding, name) for name in task_sides}
-    nll = {}
-    if "perplexity" in spec.metrics:
-        nll = {name: sides[name].nll(prompts, references, cfg.batch_size) for name in task_sides if sides[name].local}
+    generations: dict[str, Generations] = {}
+    nll, suite_answers = {}, {}
+    for name in [n for n in ANSWER_ORDER if n in sides]:
+        side = sides[name]
+        if name == "tuned" or cfg.compare_base:
+            if "perplexity" in spec.metrics and side.local:
+                nll[name] = side.nll(prompts, references, cfg.batch_size)
+            generations[name] = side.answer(prompts, decoding, name)
+        if suite is not None:
+            suite_answers[name] = forgetting.answer_items(side.answer, suite.items, suite.decoding, f"forgetting {name}")
+    # The report lists the tuned side first.
+    generations = {name: generations[name] for name in ("tuned", "base") if name in generations}
+    suite_answers = {name: suite_answers[name] for name in ("tuned", "base") if name in suite_answers}
     scored = {name: [task.score(out, ref, spec) for out, ref in zip(gen.outputs, references)] for name, gen in generations.items()}
-    return generations, scored, nll
+    return generations, scored, nll, suite_answers
 
 
 def _prediction_rows(examples, generations, scored, flags, excluded, nll):
