@@ -110,10 +110,12 @@ def run_pipeline(
             result.export = export(recipe, run)
         result.timings_s[stage.value] = round(time.perf_counter() - t0, 1)
     result.timings_s["total"] = round(sum(result.timings_s.values()), 1)
-    if result.eval is not None and result.export is not None:
-        # The run ends with the eval report and gate verdict (a failed gate already stopped it, exit 1).
-        from tunekit.eval.report import print_report
+    if result.eval is not None and result.export is not None and result.eval.report.get("verdict"):
+        # The export's output pushed the eval tables up: the run ends with the gates and the verdict
+        # again (a failed gate already stopped it, exit 1), not the whole report a second time.
+        from tunekit.eval.report import print_verdict
 
-        console.rule("[bold]eval report")
-        print_report(result.eval.report)
+        console.rule("[bold]eval verdict")
+        print_verdict(result.eval.report["verdict"])
+        console.print(f"full report: {result.eval.report_path}", soft_wrap=True)
     return result

@@ -148,22 +148,24 @@ def test_run_on_a_tiny_recipe_does_every_stage(tmp_path, tiny_model_dir):
     assert printed_losses == pytest.approx([m["loss"] for m in steps], abs=1e-4)
     assert (run / "adapter" / "adapter_model.safetensors").stat().st_size > 0
 
-    # eval: the table (printed after eval and again at the end) shows the report's numbers, which
-    # are the means of the per-example scores in predictions.jsonl.
+    # eval: the table (printed once, after eval; the run ends with the gates and verdict only) shows
+    # the report's numbers, which are the means of the per-example scores in predictions.jsonl.
     eval_report = json.loads((run / "eval" / "eval_report.json").read_text())
     predictions = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert eval_report["n_examples"] == len(predictions) == 4 and set(eval_report["model"]) == {"base", "tuned"}
-    assert out.count("eval on 4 test examples (greedy)") == 2
+    assert out.count("eval on 4 test examples (greedy)") == 1
     for metric in ("exact_match", "json_valid", "field_accuracy"):
         base, tuned = (eval_report["model"][side][metric] for side in ("base", "tuned"))
         if metric != "field_accuracy":  # a mean over fields, not examples: test_eval_runner recounts it
             for side, value in (("base", base), ("tuned", tuned)):
                 assert value == pytest.approx(sum(p[f"{side}_metrics"][metric] for p in predictions) / 4)
         expected = [f"{base:.3f}", f"{tuned:.3f}", f"{tuned - base:+.3f}"]
-        assert _table_row(out, metric) == [expected, expected]
+        assert _table_row(out, metric) == [expected]
     assert all(p["tuned_tokens"] <= 8 and p["base_tokens"] <= 8 for p in predictions)  # eval.max_new_tokens
     verdict = json.loads((run / "eval" / "verdict.json").read_text())
     assert verdict["passed"] is True and verdict["gates"] == []
+    recap = out.split("eval verdict")[1]
+    assert "no eval gates in the recipe" in recap and f"full report: {run / 'eval' / 'eval_report.json'}" in recap
 
     # export: the merged model and its parity check against base + adapter.
     exported = json.loads((run / "export" / "export_report.json").read_text())
