@@ -14,7 +14,7 @@ from pathlib import Path
 from tunekit.export.llamacpp import chat_greedy, end_of_generation, open_gguf, prompt_token_ids, render_prompt
 from tunekit.export.parity import first_difference, free_memory, prompt_label
 
-HF_BATCH_SIZE = 8
+HF_BATCH_SIZE = 16  # eval's default; on the example 11.2 s for 50 answers vs 17.1 s at 8, the same answers
 
 
 @dataclass
