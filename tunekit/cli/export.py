@@ -42,9 +42,11 @@ def export(recipe: RecipeArg, format_: FormatOpt = None, quant: QuantOpt = None,
     """Export a trained run: merged model, GGUF files with parity and quantization gate, Ollama Modelfile."""
     from tunekit.export import export as export_stage
 
-    cfg, run = recipe_and_run(recipe, [*(set_ or []), *_as_overrides(format_, quant)])
+    overrides = [*(set_ or []), *_as_overrides(format_, quant)]
+    cfg, run = recipe_and_run(recipe, overrides)
     if quant and not cfg.export.writes_gguf:
-        cfg.export.formats = [*cfg.export.formats, "gguf"]  # asking for quantized files means asking for GGUF
+        # Asking for quantized files means asking for GGUF: the recipe again with gguf added, validated as written.
+        cfg, run = recipe_and_run(recipe, [*overrides, f"export.formats=[{', '.join([*cfg.export.formats, 'gguf'])}]"])
     export_stage(cfg, run)
 
 
