@@ -107,13 +107,13 @@ def job_for(name: str, spec: dict, path: str, args, scratch: Path) -> dict:
 
 
 def hardware(result: dict) -> dict:
-    from tunekit.train import manifest as mf
+    from tunekit.train import manifest
 
-    return {**mf.hardware(), "gpu": result.get("gpu")}
+    return {**manifest.hardware(), "gpu": result.get("gpu")}
 
 
 def record_for(name: str, spec: dict, base: dict, fast: dict, args) -> dict:
-    from tunekit.train import manifest as mf
+    from tunekit.train import manifest
 
     record = {
         "workload": f"{spec['shape']} {spec['adapter']} bs{spec['batch_size']} seq{spec.get('seq_len', SEQ_LEN)}",
@@ -129,7 +129,7 @@ def record_for(name: str, spec: dict, base: dict, fast: dict, args) -> dict:
             "fast_overrides": spec.get("fast", {}),
             "baseline": "transformers Trainer + PEFT, SDPA, checkpointing every layer, bf16 autocast, default AdamW",
         },
-        "packages": mf.package_versions() | {"liger-kernel": _version("liger-kernel"), "bitsandbytes": _version("bitsandbytes")},
+        "packages": manifest.package_versions() | {"liger-kernel": _version("liger-kernel"), "bitsandbytes": _version("bitsandbytes")},
     }
     for label, result in (("", fast), ("baseline_", base)):
         if "error" in result:

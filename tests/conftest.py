@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eval_helpers import write_eval_run
 from tests.row_helpers import chat_examples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,3 +97,10 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def chat_rows():
     """Ten valid, distinct single-turn chat examples with JSON answers."""
     return chat_examples(10)
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir) -> Path:
+    """A run directory as `data prepare` + `train` leave it: recipe, test split of the eval tests'
+    tickets, LoRA adapter + tokenizer (tests.eval_helpers.write_eval_run)."""
+    return write_eval_run(tmp_path, tiny_model_dir)

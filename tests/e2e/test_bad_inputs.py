@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.e2e.test_cli import tunekit
+from tests.e2e.cli_helpers import tunekit
 from tunekit.errors import TunekitError
 
 CHAT = {"messages": [{"role": "user", "content": "a question"}, {"role": "assistant", "content": "an answer"}]}

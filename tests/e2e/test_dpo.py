@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import tunekit
+from tests.e2e.cli_helpers import tunekit
 
 RECIPE = Path(__file__).resolve().parents[2] / "examples" / "preference_pairs" / "recipe.yaml"
 

@@ -11,14 +11,14 @@ import shutil
 import yaml
 from typer.testing import CliRunner
 
-from tests.e2e.test_serve import model_dir, running_server  # noqa: F401  (model_dir is a fixture)
+from tests.e2e.serve_helpers import running_server
 from tunekit.runs import RunPaths, read_jsonl, write_jsonl
 from tunekit.serve import Engine
 
 TICKETS = ["My card was charged twice.", "Parcel lost since Monday.", "The app crashes on start."]
 
 
-def test_endpoint_answers_equal_local_answers(model_dir, tmp_path):  # noqa: F811
+def test_endpoint_answers_equal_local_answers(model_dir, tmp_path):
     from tunekit.cli.main import _register, app
 
     train = tmp_path / "train.jsonl"

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.test_serve import running_server
-from tests.unit.test_eval import run_dir  # noqa: F401  (the fixture)
+from tests.e2e.serve_helpers import running_server
 from tunekit.config import JudgeConfig
-from tunekit.eval import judge as J
+from tunekit.eval.judge import Judge, pairwise, rubric_scores, summarize
 from tunekit.serve import Engine
 
 PROMPTS = [[{"role": "user", "content": f"Ticket {i}: where is my parcel?"}] for i in range(3)]
@@ -60,27 +59,27 @@ def judges(tiny_model_dir, tmp_path_factory):
         yield {"4": (four, "judge-four"), "A": (first, "judge-a")}
 
 
-def _judge(url_and_model, cache: Path, retries: int = 1, max_tokens: int = 1) -> J.Judge:
+def _judge(url_and_model, cache: Path, retries: int = 1, max_tokens: int = 1) -> Judge:
     url, model = url_and_model
-    return J.Judge(JudgeConfig(enabled=True, base_url=url, model=model, max_tokens=max_tokens, retries=retries), cache)
+    return Judge(JudgeConfig(enabled=True, base_url=url, model=model, max_tokens=max_tokens, retries=retries), cache)
 
 
 def test_rubric_scores_are_parsed_and_cached(judges, tmp_path):
     cache = tmp_path / "judge_cache.jsonl"
     judge = _judge(judges["4"], cache)
-    rows = {side: J.rubric_scores(judge, PROMPTS, REFERENCES, answers) for side, answers in (("tuned", TUNED), ("base", BASE))}
+    rows = {side: rubric_scores(judge, PROMPTS, REFERENCES, answers) for side, answers in (("tuned", TUNED), ("base", BASE))}
     assert [r["score"] for r in rows["tuned"] + rows["base"]] == [4] * 6
     assert [r["reply"] for r in rows["tuned"]] == ["4"] * 3 and rows["tuned"][0]["attempts"] == 1
     # "shipping" is both sides' third answer: one prompt, asked once, then served from the cache.
     assert (judge.calls, judge.cache_hits) == (5, 1)
     assert len(cache.read_text().splitlines()) == 5
-    summary = J.summarize(rows, None)
+    summary = summarize(rows, None)
     assert summary == {
         "failures": 0, "tuned_rubric_mean": 4.0, "base_rubric_mean": 4.0, "truncated": {"n": 6, "of": 6, "max_tokens": [1]}
     }
 
     again = _judge(judges["4"], cache)  # a rerun pays nothing
-    assert [r["score"] for r in J.rubric_scores(again, PROMPTS, REFERENCES, TUNED)] == [4] * 3
+    assert [r["score"] for r in rubric_scores(again, PROMPTS, REFERENCES, TUNED)] == [4] * 3
     assert (again.calls, again.cache_hits) == (0, 3)
     other_model = _judge((judges["4"][0], "judge-four"), tmp_path / "other.jsonl")
     other_model.cfg.model = "another-name"  # the cache key includes the judge model
@@ -89,12 +88,12 @@ def test_rubric_scores_are_parsed_and_cached(judges, tmp_path):
 
 def test_pairwise_both_orders_cancel_position_bias(judges, tmp_path):
     judge = _judge(judges["A"], tmp_path / "cache.jsonl")
-    pairs = J.pairwise(judge, PROMPTS, REFERENCES, TUNED, BASE)
+    pairs = pairwise(judge, PROMPTS, REFERENCES, TUNED, BASE)
     # Order 1 shows tuned as A (judge picks tuned), order 2 shows base as A (judge picks base).
     assert [p["orders"] for p in pairs[:2]] == [["tuned", "base"]] * 2
     assert [p["winner"] for p in pairs] == ["tie"] * 3 and [p["agree"] for p in pairs] == [False, False, True]
     assert pairs[2]["identical"]  # the same answer on both sides is a tie without a judge call
-    summary = J.summarize(None, pairs)
+    summary = summarize(None, pairs)
     assert summary["win_rate"] == 0.5 and summary["tie_rate"] == 1.0 and summary["order_agreement"] == pytest.approx(1 / 3)
     assert summary["failures"] == 0 and judge.calls == 4
     # The "A" judge never ends its reply: all four replies asked for were cut at max_tokens=1.
@@ -108,35 +107,35 @@ def test_replies_cut_at_max_tokens_are_counted_and_the_cache_remembers(judges, t
     import json
 
     cut_cache, whole_cache = tmp_path / "cut.jsonl", tmp_path / "whole.jsonl"
-    cut = J.rubric_scores(_judge(judges["4"], cut_cache, max_tokens=1), PROMPTS, REFERENCES, TUNED)
+    cut = rubric_scores(_judge(judges["4"], cut_cache, max_tokens=1), PROMPTS, REFERENCES, TUNED)
     whole_judge = _judge(judges["4"], whole_cache, max_tokens=2)
-    whole = J.rubric_scores(whole_judge, PROMPTS, REFERENCES, TUNED)
+    whole = rubric_scores(whole_judge, PROMPTS, REFERENCES, TUNED)
     assert [(r["score"], r["reply"], r["cut_at_max_tokens"]) for r in cut] == [(4, "4", 1)] * 3
     assert [(r["score"], r["reply"], r["cut_at_max_tokens"]) for r in whole] == [(4, "4", None)] * 3
-    assert J.summarize({"tuned": cut, "base": whole}, None)["truncated"] == {"n": 3, "of": 6, "max_tokens": [1]}
+    assert summarize({"tuned": cut, "base": whole}, None)["truncated"] == {"n": 3, "of": 6, "max_tokens": [1]}
     assert [json.loads(line)["finish_reason"] for line in whole_cache.read_text().splitlines()] == ["stop"] * 3
     assert [json.loads(line)["finish_reason"] for line in cut_cache.read_text().splitlines()] == ["length"] * 3
 
     # A rerun with a larger budget is served the cached replies, and still knows they were cut at 1.
     rerun = _judge(judges["4"], cut_cache, max_tokens=64)
-    rows = J.rubric_scores(rerun, PROMPTS, REFERENCES, TUNED)
+    rows = rubric_scores(rerun, PROMPTS, REFERENCES, TUNED)
     assert rerun.calls == 0 and [r["cut_at_max_tokens"] for r in rows] == [1] * 3
 
     # A cache written before finish reasons were kept.
     old_cache = tmp_path / "old.jsonl"
     old_cache.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k not in ("finish_reason", "max_tokens")}) + "\n"
                                  for line in cut_cache.read_text().splitlines()), encoding="utf-8")
-    old = J.rubric_scores(_judge(judges["4"], old_cache), PROMPTS, REFERENCES, TUNED)
+    old = rubric_scores(_judge(judges["4"], old_cache), PROMPTS, REFERENCES, TUNED)
     assert [(r["score"], r["cut_at_max_tokens"]) for r in old] == [(4, None)] * 3
 
 
 def test_unparseable_replies_are_retried_then_counted_as_failures(judges, tmp_path):
     cache = tmp_path / "cache.jsonl"
     judge = _judge(judges["A"], cache, retries=2)
-    rows = J.rubric_scores(judge, PROMPTS[:2], REFERENCES[:2], TUNED[:2])
+    rows = rubric_scores(judge, PROMPTS[:2], REFERENCES[:2], TUNED[:2])
     assert [(r["score"], r["reply"], r["attempts"]) for r in rows] == [(None, "A", 3)] * 2
     assert judge.calls == 6 and not cache.exists()  # failures are not cached: a rerun asks again
-    assert J.summarize({"tuned": rows}, None)["failures"] == 2
+    assert summarize({"tuned": rows}, None)["failures"] == 2
 
 
 def test_unreachable_judge_is_a_failure_not_a_crash(tmp_path):
@@ -145,13 +144,13 @@ def test_unreachable_judge_is_a_failure_not_a_crash(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    judge = J.Judge(JudgeConfig(enabled=True, base_url=f"http://127.0.0.1:{port}/v1", model="m", retries=1, timeout_s=2),
-                    tmp_path / "c.jsonl")
-    rows = J.rubric_scores(judge, PROMPTS[:1], REFERENCES[:1], TUNED[:1])
+    judge = Judge(JudgeConfig(enabled=True, base_url=f"http://127.0.0.1:{port}/v1", model="m", retries=1, timeout_s=2),
+                  tmp_path / "c.jsonl")
+    rows = rubric_scores(judge, PROMPTS[:1], REFERENCES[:1], TUNED[:1])
     assert rows[0]["score"] is None and rows[0]["attempts"] == 2 and "error" in rows[0]["reply"].lower()
 
 
-def test_evaluate_with_judge_gate(judges, run_dir):  # noqa: F811
+def test_evaluate_with_judge_gate(judges, run_dir):
     """The judge inside `tunekit eval`: judge.* numbers in the report, judge.jsonl, a gate on win_rate,
     and the judge's replies cut at eval.judge.max_tokens counted, warned about and gated on."""
     import json

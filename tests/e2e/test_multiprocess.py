@@ -15,7 +15,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from tests.e2e.test_resume import tunekit_env, write_prepared_run
+from tests.e2e.run_helpers import tunekit_env, write_prepared_run
 
 STEPS = 6
 

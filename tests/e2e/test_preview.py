@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.test_cli import tunekit
+from tests.e2e.cli_helpers import tunekit
 from tunekit.runs import write_jsonl
 
 SYSTEM = "Answer in JSON."

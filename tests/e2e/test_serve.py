@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,47 +13,21 @@ import openai
 import pytest
 import torch
 import typer
-import uvicorn
 import yaml
 from typer.testing import CliRunner
 
+from tests.e2e.serve_helpers import LIMIT, free_port, running_server
 from tunekit.cli.serve import chat_command, register, send_chat, serve_command, serve_settings
 from tunekit.errors import ModelError, RunDirError, TunekitError
 from tunekit.runs import write_jsonl
-from tunekit.serve import Engine, create_app
+from tunekit.serve import Engine
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the engine puts the model
-LIMIT = 64  # the server's max_tokens cap in these tests
 IMAGE_PART = {"type": "image_url", "image_url": {"url": "http://example.com/parcel.png"}}
 CHAT = [
     {"role": "system", "content": "You sort support tickets."},
     {"role": "user", "content": "My parcel is late, order 1234."},
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_server(engine: Engine, limit: int = LIMIT, app=None):
-    """The real app (`app`, or a plain one around `engine`) under uvicorn in a background thread; yields the /v1 base URL."""
-    port = _free_port()
-    app = app or create_app(engine, max_new_tokens_limit=limit)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def greedy_reference(model, tokenizer, messages, max_new_tokens: int) -> tuple[str, int, int]:
@@ -66,28 +38,6 @@ def greedy_reference(model, tokenizer, messages, max_new_tokens: int) -> tuple[s
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, enc["input_ids"].shape[1] :]
     return tokenizer.decode(new, skip_special_tokens=True), enc["input_ids"].shape[1], len(new)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The shared tiny model with an untied, random output head.
-
-    The shared model ties its output head to the input embeddings, so with tiny random layers its
-    greedy answer repeats the prompt's last token ("\n" forever) whatever the prompt; comparing
-    such answers would pass even if the server built the wrong prompt.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.tie_word_embeddings = False
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, config=config, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=generator) * 0.02)
-    out = tmp_path_factory.mktemp("models") / "tiny-chat"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +255,7 @@ def test_chat_reports_server_refusals_in_one_line(base_url):
 
 
 def test_chat_without_server_names_the_url_and_the_fix():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(TunekitError) as info:
         send_chat("Hi", url=url)
     assert info.value.message == f"cannot reach a server at {url}"

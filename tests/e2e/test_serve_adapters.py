@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_serve import running_server
+from tests.e2e.serve_helpers import lora_adapter, peft_reference, running_server
 from tunekit.serve import Engine, create_app
 from tunekit.serve.gateway import Gateway, GatewaySettings
 
@@ -21,38 +20,12 @@ USER, ADMIN = "user-secret", "admin-secret"
 PROMPTS = ["ticket one: refund", "ticket two: late parcel", "ticket three: wrong size"]
 
 
-def _adapter(model_dir, out, seed):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    get_peft_model(base, lora).save_pretrained(out)
-    return out
-
-
-def _reference(model_dir, adapter_dir, prompt, max_new_tokens=8) -> str:
-    """Greedy answer of base (+ adapter) through plain transformers/PEFT generate."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    with torch.inference_mode():
-        out = model.eval().generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    adapters = {name: _adapter(tiny_model_dir, root / name, seed) for name, seed in (("triage", 1), ("orders", 2), ("late", 3))}
-    expected = {name: [_reference(tiny_model_dir, path, p) for p in PROMPTS] for name, path in adapters.items()}
-    expected[tiny_model_dir.name] = [_reference(tiny_model_dir, None, p) for p in PROMPTS]
+    adapters = {name: lora_adapter(tiny_model_dir, root / name, seed) for name, seed in (("triage", 1), ("orders", 2), ("late", 3))}
+    expected = {name: [peft_reference(tiny_model_dir, path, p) for p in PROMPTS] for name, path in adapters.items()}
+    expected[tiny_model_dir.name] = [peft_reference(tiny_model_dir, None, p) for p in PROMPTS]
     assert len({tuple(v) for v in expected.values()}) == 4  # every adapter really answers differently
     engine = Engine.from_paths([f"triage={adapters['triage']}", f"orders={adapters['orders']}"])
     gateway = Gateway.from_settings(GatewaySettings(), env={"TUNEKIT_API_KEYS": f"team:{USER}", "TUNEKIT_ADMIN_KEY": ADMIN})

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_serve import model_dir, running_server  # noqa: F401  (model_dir is a fixture)
+from tests.e2e.serve_helpers import peft_reference, running_server
 from tunekit.cli.serve import serve_settings
 from tunekit.errors import ModelError, TunekitError
 from tunekit.export.gguf import convert_to_gguf
@@ -30,7 +30,7 @@ def _chat(prompt: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def gguf_file(model_dir, tmp_path_factory) -> Path:  # noqa: F811
+def gguf_file(model_dir, tmp_path_factory) -> Path:
     return convert_to_gguf(model_dir, tmp_path_factory.mktemp("gguf") / "tiny-chat-F16.gguf", "F16")
 
 
@@ -182,7 +182,7 @@ def test_run_serves_the_smallest_file_that_passed_the_gate(gguf_file, tmp_path):
         run_gguf(_fake_run(tmp_path / "empty", gguf_file, [], []), None)
 
 
-def test_backend_setting_is_validated(tmp_path, gguf_file, model_dir):  # noqa: F811
+def test_backend_setting_is_validated(tmp_path, gguf_file, model_dir):
     assert serve_settings(gguf_file, None, None, None, backend="llamacpp").backend == "llamacpp"
     with pytest.raises(TunekitError, match="--backend tgi"):
         serve_settings(gguf_file, None, None, None, backend="tgi")
@@ -196,7 +196,7 @@ def test_backend_setting_is_validated(tmp_path, gguf_file, model_dir):  # noqa: 
         resolve_gguf(str(tmp_path))
 
 
-def _peft_adapter(model_dir: Path, out: Path) -> Path:  # noqa: F811
+def _peft_adapter(model_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -240,7 +240,7 @@ def test_embedded_model_gguf_answers_like_chat_greedy():
 # ---------------------------------------------------------------- LoRA adapters on one base GGUF
 
 
-def _lora(model_dir: Path, out: Path, seed: int, modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")) -> Path:  # noqa: F811
+def _lora(model_dir: Path, out: Path, seed: int, modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -252,14 +252,13 @@ def _lora(model_dir: Path, out: Path, seed: int, modules=("q_proj", "k_proj", "v
 
 
 @pytest.fixture(scope="module")
-def lora_setup(model_dir, gguf_file, tmp_path_factory):  # noqa: F811
-    from tests.e2e.test_serve_adapters import _reference
+def lora_setup(model_dir, gguf_file, tmp_path_factory):
     from tunekit.serve.gateway import Gateway, GatewaySettings
 
     root = tmp_path_factory.mktemp("loras")
     adapters = {name: _lora(model_dir, root / name, seed) for name, seed in (("triage", 1), ("orders", 2), ("late", 3))}
-    expected = {name: [_reference(model_dir, path, p) for p in PROMPTS] for name, path in adapters.items()}
-    expected["tiny"] = [_reference(model_dir, None, p) for p in PROMPTS]
+    expected = {name: [peft_reference(model_dir, path, p) for p in PROMPTS] for name, path in adapters.items()}
+    expected["tiny"] = [peft_reference(model_dir, None, p) for p in PROMPTS]
     assert len({tuple(v) for v in expected.values()}) == 4  # each adapter really changes the answers
     engine = LlamaCppEngine.from_paths([f"tiny={gguf_file}", f"triage={adapters['triage']}", f"orders={adapters['orders']}"])
     gateway = Gateway.from_settings(GatewaySettings(), env={"TUNEKIT_API_KEYS": "team:user-key", "TUNEKIT_ADMIN_KEY": "admin-key"})
@@ -319,15 +318,13 @@ def test_lora_loads_and_unloads_at_run_time(lora_setup):
     assert _greedy(client, "tiny", PROMPTS[1]) == expected["tiny"][1]  # the freed LoRA left the base as it was
 
 
-def test_adapters_alone_are_served_on_their_base_converted_once(model_dir, tmp_path):  # noqa: F811
-    from tests.e2e.test_serve_adapters import _reference
-
+def test_adapters_alone_are_served_on_their_base_converted_once(model_dir, tmp_path):
     adapter = _lora(model_dir, tmp_path / "solo", 4, modules=("q_proj", "down_proj", "up_proj"))
     engine = LlamaCppEngine.from_paths([f"solo={adapter}"])
     try:
         assert [(m.name, m.kind) for m in engine.models.values()] == [(model_dir.name, "base"), ("solo", "adapter")]
         with running_server(engine, limit=8) as url:
             client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
-            assert _greedy(client, "solo", PROMPTS[0]) == _reference(model_dir, adapter, PROMPTS[0])
+            assert _greedy(client, "solo", PROMPTS[0]) == peft_reference(model_dir, adapter, PROMPTS[0])
     finally:
         engine.close()

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_serve import model_dir, running_server  # noqa: F401  (model_dir is a fixture)
+from tests.e2e.serve_helpers import running_server
 from tunekit.config import ServeConfig
 from tunekit.errors import TunekitError
 from tunekit.serve import Engine, create_app
@@ -30,7 +30,7 @@ CHAT = [{"role": "system", "content": "You sort support tickets."}, {"role": "us
 
 
 @pytest.fixture(scope="module")
-def upstream(model_dir):  # noqa: F811
+def upstream(model_dir):
     engine = Engine.from_path(model_dir)
     try:
         with running_server(engine, limit=UPSTREAM_LIMIT) as url:
@@ -155,7 +155,7 @@ def test_upstream_refusals_keep_their_status_and_reason(upstream, proxy):
     assert rows[-1]["status"] == 400
 
 
-def test_upstream_down_is_502_in_openai_shape(model_dir, tmp_path):  # noqa: F811
+def test_upstream_down_is_502_in_openai_shape(model_dir, tmp_path):
     engine = Engine.from_path(model_dir)
     with ExitStack() as upstream_stack:
         upstream_url = upstream_stack.enter_context(running_server(engine, limit=16))

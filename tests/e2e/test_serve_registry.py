@@ -14,8 +14,7 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.test_serve import running_server
-from tests.e2e.test_serve_adapters import _adapter, _reference
+from tests.e2e.serve_helpers import lora_adapter, peft_reference, running_server
 from tests.unit.registry_helpers import fake_run
 from tunekit import registry
 from tunekit.errors import ModelError
@@ -29,7 +28,7 @@ def _real_run(root, name, model_dir, seed):
     """A registered-run layout (recipe, manifest, eval report) around a real adapter of the tiny model."""
     run = fake_run(root, name)
     shutil.rmtree(run / "adapter")
-    _adapter(model_dir, run / "adapter", seed)
+    lora_adapter(model_dir, run / "adapter", seed)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     recipe["base_model"] = str(model_dir)
     recipe["data"] = {"train": "data/train.jsonl"}  # a resolved recipe names its data (serving does not read it)
@@ -43,7 +42,7 @@ def registered(tmp_path, tiny_model_dir):
     for seed in (1, 2):
         registry.register(runs[seed], name="triage")
     registry.promote("triage@1", "production", force=True, reason="first release")
-    expected = {v: _reference(tiny_model_dir, runs[seed] / "adapter", PROMPT) for v, seed in ((1, 1), (2, 2))}
+    expected = {v: peft_reference(tiny_model_dir, runs[seed] / "adapter", PROMPT) for v, seed in ((1, 1), (2, 2))}
     assert expected[1] != expected[2]
     for run in runs.values():  # the registry's copy is what gets served
         shutil.rmtree(run)

@@ -3,14 +3,11 @@ and bad inputs, through the Python function and the command."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.unit.cost_helpers import cost_json, tunekit
 from tunekit.cost import build_inputs, cost_report, load_inputs, load_prices, plot_cost_curves
 from tunekit.errors import TunekitError
 
@@ -29,17 +26,6 @@ GPT4O_WORKED_EXAMPLE = {
 def report_of(values: dict, prices=None):
     layer = {key: (value, "test") for key, value in values.items()}
     return cost_report(build_inputs([layer]), prices or load_prices())
-
-
-def tunekit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tunekit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
-
-
-def cost_json(*args: str, cwd: Path | None = None) -> dict:
-    result = tunekit("cost", *args, "--json", cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
 
 
 def test_gpt4o_overhead_pays_back_50_dollars_after_4400_requests():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.unit.test_cost import tunekit
+from tests.unit.cost_helpers import tunekit
 from tunekit.config import load_recipe
 from tunekit.cost import load_prices
 from tunekit.cost.decide import advise, load_situation

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from tests.row_helpers import chat_examples
-from tests.unit.test_cost import cost_json
+from tests.unit.cost_helpers import cost_json
 from tests.unit.train_helpers import tiny_train_run
 from tunekit.cost import cost_report, load_inputs, load_prices
 from tunekit.errors import TunekitError

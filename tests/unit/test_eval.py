@@ -7,23 +7,21 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.eval_helpers import MAX_NEW, REF, TICKETS
 from tunekit.config import load_recipe
 from tunekit.errors import RunDirError
-from tunekit.eval import metrics as M
+from tunekit.eval.metrics import exact_match, field_counts, field_matches, json_valid
 from tunekit.eval.task import TaskSpec, aggregate, score
-from tunekit.runs import RunPaths, read_jsonl, write_jsonl
-
-REF = '{"category": "billing", "priority": "high"}'
+from tunekit.runs import RunPaths, read_jsonl
 
 
 # ----------------------------------------------------------------------------- metrics
 
 
 def test_exact_match_ignores_surrounding_whitespace_only():
-    assert M.exact_match(f"  {REF}\n", REF)
-    assert not M.exact_match('{"category":"billing","priority":"high"}', REF)  # same JSON, other spacing
+    assert exact_match(f"  {REF}\n", REF)
+    assert not exact_match('{"category":"billing","priority":"high"}', REF)  # same JSON, other spacing
 
 
 @pytest.mark.parametrize(
@@ -40,19 +38,19 @@ def test_exact_match_ignores_surrounding_whitespace_only():
     ],
 )
 def test_json_valid_is_strict(text, valid):
-    assert M.json_valid(text) is valid
+    assert json_valid(text) is valid
 
 
 def test_field_matches_counts_each_field():
-    assert M.field_matches(REF, REF) == {"category": True, "priority": True}
-    assert M.field_matches('{"category": "billing", "priority": "low"}', REF) == {"category": True, "priority": False}
-    assert M.field_matches('{"category": "billing"}', REF) == {"category": True, "priority": False}  # missing key
-    assert M.field_matches(f"```json\n{REF}\n```", REF) == {"category": False, "priority": False}  # unparsable
-    assert M.field_matches('["billing", "high"]', REF) == {"category": False, "priority": False}  # not an object
-    assert M.field_matches('{"n": 1.0}', '{"n": 1}') == {"n": False}  # 1.0 is not 1
-    assert M.field_matches('{"n": true}', '{"n": 1}') == {"n": False}
-    assert M.field_matches(REF, "plain text answer") is None  # no fields to compare
-    assert M.field_matches(REF, "[1, 2]") is None
+    assert field_matches(REF, REF) == {"category": True, "priority": True}
+    assert field_matches('{"category": "billing", "priority": "low"}', REF) == {"category": True, "priority": False}
+    assert field_matches('{"category": "billing"}', REF) == {"category": True, "priority": False}  # missing key
+    assert field_matches(f"```json\n{REF}\n```", REF) == {"category": False, "priority": False}  # unparsable
+    assert field_matches('["billing", "high"]', REF) == {"category": False, "priority": False}  # not an object
+    assert field_matches('{"n": 1.0}', '{"n": 1}') == {"n": False}  # 1.0 is not 1
+    assert field_matches('{"n": true}', '{"n": 1}') == {"n": False}
+    assert field_matches(REF, "plain text answer") is None  # no fields to compare
+    assert field_matches(REF, "[1, 2]") is None
 
 
 def test_aggregate_exact_numbers():
@@ -80,7 +78,7 @@ def test_aggregate_exact_numbers():
         "all_fields": pytest.approx(1 / 4),  # over the 4 JSON-object references
     }
     assert per_field == {"category": pytest.approx(2 / 4), "priority": pytest.approx(2 / 4)}
-    assert M.field_counts(references) == {"category": 4, "priority": 4}
+    assert field_counts(references) == {"category": 4, "priority": 4}
 
 
 def test_aggregate_only_chosen_metrics_and_no_object_references():
@@ -92,58 +90,6 @@ def test_aggregate_only_chosen_metrics_and_no_object_references():
 
 
 # ----------------------------------------------------------------------------- evaluate
-
-SYSTEM = "Reply with a JSON object with keys category and priority."
-TICKETS = [
-    ("Hi, my card was charged twice.", REF),
-    ("The parcel never came and the tracking page is stuck since Monday, please help.", '{"category": "shipping", "priority": "low"}'),
-    ("App crashes.", '{"category": "technical", "priority": "urgent"}'),
-    ("I cannot log in to my account any more after I changed my phone number last week.", '{"category": "account", "priority": "medium"}'),
-    ("Refund please.", "not json at all"),
-]
-MAX_NEW = 6
-
-
-@pytest.fixture
-def run_dir(tmp_path, tiny_model_dir) -> Path:
-    """A run directory as `data prepare` + `train` leave it: recipe, test split, LoRA adapter + tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    train_file = tmp_path / "train.jsonl"
-    train_file.write_text("", encoding="utf-8")
-    recipe = {
-        "name": "ev",
-        "base_model": str(tiny_model_dir),
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"train": str(train_file)},
-        "eval": {"max_new_tokens": MAX_NEW, "batch_size": 4},
-    }
-    run = RunPaths(tmp_path / "runs" / "ev")
-    run.root.mkdir(parents=True)
-    run.recipe.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    rows = [
-        {
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": answer},
-            ],
-            "meta": {"source": "test.jsonl", "line": i},
-        }
-        for i, (user, answer) in enumerate(TICKETS, start=1)
-    ]
-    write_jsonl(run.split("test"), rows)
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    # Random (not zero) B matrices, so the adapter really changes what the model says.
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(run.adapter_dir)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run.adapter_dir)
-    return run.root
-
 
 def _eval(run_root: Path, *overrides: str) -> tuple[dict, list[dict]]:
     from tunekit.eval import evaluate

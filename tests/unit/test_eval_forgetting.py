@@ -8,8 +8,7 @@ import pytest
 
 from tunekit.errors import DataError
 from tunekit.config import suite_categories
-from tunekit.eval import forgetting as F
-from tunekit.eval import scorers as S
+from tunekit.eval import forgetting, scorers
 
 
 @pytest.mark.parametrize(
@@ -44,11 +43,11 @@ from tunekit.eval import scorers as S
     ],
 )
 def test_scorers(output, check, right):
-    assert S.score_item(output, check) is right
+    assert scorers.score_item(output, check) is right
 
 
 def test_shipped_suite_is_valid_and_covers_every_category():
-    items = F.load_suite("general")
+    items = forgetting.load_suite("general")
     assert len(items) >= 700
     counts = {}
     for item in items:
@@ -59,9 +58,9 @@ def test_shipped_suite_is_valid_and_covers_every_category():
     for item in items:
         check = item["check"]
         if check["type"] == "number":
-            assert S.score_item(f"The answer is {check['answer']}.", check)
+            assert scorers.score_item(f"The answer is {check['answer']}.", check)
         elif check["type"] == "contains":
-            assert S.score_item(f"It is {check['any'][0]}.", check)
+            assert scorers.score_item(f"It is {check['any'][0]}.", check)
     assert len({item["messages"][0]["content"] for item in items}) == len(items)
     assert len({item["id"] for item in items}) == len(items)
     assert suite_categories(["general"]) == list(counts)
@@ -71,7 +70,7 @@ def test_shipped_suite_file_is_what_the_builder_writes():
     from tunekit.eval.suites import build_general
 
     lines = [json.dumps(item, ensure_ascii=False) for item in build_general.candidates()]
-    assert F.suite_path("general").read_text(encoding="utf-8").splitlines() == lines
+    assert forgetting.suite_path("general").read_text(encoding="utf-8").splitlines() == lines
 
 
 def test_user_suite_errors_name_the_line(tmp_path):
@@ -80,33 +79,33 @@ def test_user_suite_errors_name_the_line(tmp_path):
     path.write_text("\n".join([json.dumps(good), "{bad", json.dumps({**good, "check": {"type": "nope"}}),
                                json.dumps({**good, "check": {"type": "contains"}})]) + "\n")
     with pytest.raises(DataError) as err:
-        F.load_suite(str(path))
+        forgetting.load_suite(str(path))
     assert "3 bad suite item(s)" in err.value.message
     assert "line 2: not JSON" in err.value.message and "line 3: check.type must be one of" in err.value.message
     assert "line 4: check of type contains needs any" in err.value.message
     path.write_text(json.dumps(good) + "\n")
-    assert F.load_suite(str(path))[0]["id"] == "mine-1"
+    assert forgetting.load_suite(str(path))[0]["id"] == "mine-1"
     with pytest.raises(DataError, match="not found"):
-        F.load_suite("no-such-suite")
+        forgetting.load_suite("no-such-suite")
 
 
 def test_select_is_round_robin_over_categories_and_keeps_order():
     items = [{"category": c, "id": f"{c}{i}"} for c, n in (("a", 5), ("b", 1), ("c", 3)) for i in range(n)]
-    chosen = F.select(items, 5)
+    chosen = forgetting.select(items, 5)
     assert [i["id"] for i in chosen] == ["a0", "a1", "b0", "c0", "c1"]
-    assert F.select(items, None) == items and F.select(items, 100) == items
+    assert forgetting.select(items, None) == items and forgetting.select(items, 100) == items
 
 
 def test_summarize_drop_and_verdicts():
     items = [{"category": "x"}] * 50 + [{"category": "y"}] * 50
     base = [True] * 50 + [True] * 50
     tuned = [True] * 49 + [False] + [True] * 40 + [False] * 10  # x: drop 0.02 (warn), y: drop 0.2 (fail)
-    summary = F.summarize(items, {"base": base, "tuned": tuned}, warn=0.02, fail=0.05)
+    summary = forgetting.summarize(items, {"base": base, "tuned": tuned}, warn=0.02, fail=0.05)
     assert summary["categories"]["x"] == {"n": 50, "base": 1.0, "tuned": 0.98, "drop": pytest.approx(0.02), "verdict": "warn"}
     assert summary["categories"]["y"]["verdict"] == "fail" and summary["categories"]["y"]["drop"] == pytest.approx(0.2)
     assert summary["overall"]["drop"] == pytest.approx(0.11) and summary["overall"]["verdict"] == "fail"
-    assert F.verdict_of(0.0199, 0.02, 0.05) == "ok" and F.verdict_of(0.05, 0.02, 0.05) == "warn"
-    assert F.verdict_of(-0.1, 0.02, 0.05) == "ok"
+    assert forgetting.verdict_of(0.0199, 0.02, 0.05) == "ok" and forgetting.verdict_of(0.05, 0.02, 0.05) == "warn"
+    assert forgetting.verdict_of(-0.1, 0.02, 0.05) == "ok"
 
 
 def test_example_replay_data_shares_no_question_with_the_suite_and_fills_the_mix():
@@ -124,6 +123,6 @@ def test_example_replay_data_shares_no_question_with_the_suite_and_fills_the_mix
     assert all([m["role"] for m in row["messages"]] == ["user", "assistant"] and row["messages"][1]["content"] for row in rows)
     train_rows = sum(1 for _ in (example / "data" / "train.jsonl").open()) * (1 - recipe.data.val_fraction)
     assert len(rows) >= mixed_count(int(train_rows), recipe.train.mix.ratio)
-    questions = [user_turns(item["messages"]) for item in F.load_suite("general")]
+    questions = [user_turns(item["messages"]) for item in forgetting.load_suite("general")]
     train = [("mix", n, user_turns(row["messages"])) for n, row in enumerate(rows, start=1)]
     assert find_contamination(questions, train, near_threshold=recipe.eval.contamination.near_threshold) == [None] * len(questions)

@@ -4,42 +4,42 @@ from __future__ import annotations
 
 import pytest
 
-from tunekit.eval import metrics as M
-from tunekit.eval import task as T
+from tunekit.eval.metrics import extract_label, normalized_match, rouge_l, rule_passes
+from tunekit.eval.task import NO_LABEL, TaskSpec, aggregate, classification_report, outcome, score
 
 
 def test_normalized_match():
-    assert M.normalized_match("  Paris. ", "paris")
-    assert M.normalized_match("The   Answer\nIS 42!", "the answer is 42")
-    assert not M.normalized_match("Paris, France", "Paris")
+    assert normalized_match("  Paris. ", "paris")
+    assert normalized_match("The   Answer\nIS 42!", "the answer is 42")
+    assert not normalized_match("Paris, France", "Paris")
     # JSON compares as data: key order and spacing do not matter, types do.
-    assert M.normalized_match('{"b":1,"a":"x"}', '{"a": "x", "b": 1}')
-    assert not M.normalized_match('{"a": 1.0}', '{"a": 1}')
+    assert normalized_match('{"b":1,"a":"x"}', '{"a": "x", "b": 1}')
+    assert not normalized_match('{"a": 1.0}', '{"a": 1}')
 
 
 def test_rouge_l_values():
-    assert M.rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
     # LCS of "the cat sat" vs "the cat on the mat" = "the cat" (2): P = 2/3, R = 2/5.
-    assert M.rouge_l("the cat sat", "the cat on the mat") == pytest.approx(2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5))
-    assert M.rouge_l("dog", "cat") == 0.0
-    assert M.rouge_l("", "") == 1.0 and M.rouge_l("", "x") == 0.0
+    assert rouge_l("the cat sat", "the cat on the mat") == pytest.approx(2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5))
+    assert rouge_l("dog", "cat") == 0.0
+    assert rouge_l("", "") == 1.0 and rouge_l("", "x") == 0.0
 
 
 def test_rules_and_labels():
-    assert M.rule_passes("Answer. Not legal advice.\n", {"ends_with": "Not legal advice."})
-    assert not M.rule_passes("Not legal advice. Answer.", {"ends_with": "Not legal advice."})
-    assert M.rule_passes("Ticket #123 done", {"regex": r"#\d+"})
-    assert M.rule_passes("ok", {"contains": "o"}) and M.rule_passes("Dear x", {"starts_with": "Dear"})
-    assert M.extract_label('{"category": "billing"}', field="category") == "billing"
-    assert M.extract_label('{"category": ["a"]}', field="category") is None
-    assert M.extract_label("not json", field="category") is None
-    assert M.extract_label("Label: spam.", regex=r"Label: (\w+)") == "spam"
-    assert M.extract_label("SPAM", regex=r"SPAM|HAM") == "SPAM"
+    assert rule_passes("Answer. Not legal advice.\n", {"ends_with": "Not legal advice."})
+    assert not rule_passes("Not legal advice. Answer.", {"ends_with": "Not legal advice."})
+    assert rule_passes("Ticket #123 done", {"regex": r"#\d+"})
+    assert rule_passes("ok", {"contains": "o"}) and rule_passes("Dear x", {"starts_with": "Dear"})
+    assert extract_label('{"category": "billing"}', field="category") == "billing"
+    assert extract_label('{"category": ["a"]}', field="category") is None
+    assert extract_label("not json", field="category") is None
+    assert extract_label("Label: spam.", regex=r"Label: (\w+)") == "spam"
+    assert extract_label("SPAM", regex=r"SPAM|HAM") == "SPAM"
 
 
 def test_classification_report_by_hand():
     pairs = [("a", "a"), ("a", "b"), ("a", "a"), ("b", "b"), ("b", "(none)"), ("c", "a")]
-    report = T.classification_report(pairs)
+    report = classification_report(pairs)
     assert report["accuracy"] == pytest.approx(3 / 6)
     # a: tp 2, predicted 3, support 3 -> P 2/3 R 2/3; b: tp 1, predicted 2, support 2 -> P 1/2 R 1/2; c: 0.
     assert report["per_class"]["a"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
@@ -55,20 +55,20 @@ def test_classification_report_by_hand():
 
 def test_task_score_and_aggregate_all_metrics():
     schema = {"type": "object", "properties": {"category": {"enum": ["billing", "shipping"]}}, "required": ["category"]}
-    spec = T.TaskSpec(
+    spec = TaskSpec(
         metrics=["exact_match", "normalized_match", "json_valid", "json_schema", "field_accuracy", "classification", "rules", "rouge_l",
                  "perplexity"],
         label_field="category", schema=schema, rules=[{"name": "brace", "ends_with": "}"}],
     )
     refs = ['{"category": "billing"}', '{"category": "shipping"}', '{"category": "shipping"}']
     outs = ['{"category": "billing"}', '{"category":"billing"}', "shipping please"]
-    per = [T.score(o, r, spec) for o, r in zip(outs, refs)]
+    per = [score(o, r, spec) for o, r in zip(outs, refs)]
     assert [r["json_schema"] for r in per] == [True, True, False]
-    assert [r["label"]["predicted"] for r in per] == ["billing", "billing", T.NO_LABEL]
+    assert [r["label"]["predicted"] for r in per] == ["billing", "billing", NO_LABEL]
     assert [r["correct_label"] for r in per] == [True, False, False]
     assert [r["rules"]["brace"] for r in per] == [True, True, False]
-    assert [T.outcome(r) for r in per] == [True, False, False]
-    result = T.aggregate(per, spec, nll=[(2.0, 2), (4.0, 2)], latency_s=[0.1, 0.3, 0.2], lengths=[5, 7, 3])
+    assert [outcome(r) for r in per] == [True, False, False]
+    result = aggregate(per, spec, nll=[(2.0, 2), (4.0, 2)], latency_s=[0.1, 0.3, 0.2], lengths=[5, 7, 3])
     metrics = result["metrics"]
     assert metrics["exact_match"] == pytest.approx(1 / 3) and metrics["normalized_match"] == pytest.approx(1 / 3)
     assert metrics["json_schema"] == pytest.approx(2 / 3) and metrics["rule.brace"] == pytest.approx(2 / 3)

@@ -10,10 +10,9 @@ import shutil
 import pytest
 import yaml
 
-from tests.unit.test_eval import TICKETS, run_dir  # noqa: F401  (the fixture)
 from tunekit.config import load_recipe
-from tunekit.eval import task as T
 from tunekit.eval.gates import GateFailure
+from tunekit.eval.task import TaskSpec, aggregate, outcome, score
 from tunekit.runs import RunPaths, read_jsonl, write_jsonl
 
 ALL = ["exact_match", "normalized_match", "json_valid", "field_accuracy", "classification", "rules", "rouge_l", "perplexity"]
@@ -53,19 +52,19 @@ def test_report_recounts_from_predictions_and_excludes_contamination(run_dir, ti
     assert report["n_examples"] == 4 and report["n_total"] == 5
 
     # Recount every number from the saved outputs alone.
-    spec = T.TaskSpec.from_recipe(recipe)
+    spec = TaskSpec.from_recipe(recipe)
     kept = [p for p in predictions if not p["excluded"]]
     for side in ("base", "tuned"):
-        rescored = [T.score(p[f"{side}_output"], p["reference"], spec) for p in kept]
+        rescored = [score(p[f"{side}_output"], p["reference"], spec) for p in kept]
         assert rescored == [p[f"{side}_metrics"] for p in kept]
-        recount = T.aggregate(rescored, spec, nll=[tuple(p[f"{side}_nll"]) for p in kept],
-                              latency_s=[p[f"{side}_latency_s"] for p in kept], lengths=[p[f"{side}_tokens"] for p in kept],
-                              finish=[p[f"{side}_finish_reason"] for p in kept])
+        recount = aggregate(rescored, spec, nll=[tuple(p[f"{side}_nll"]) for p in kept],
+                            latency_s=[p[f"{side}_latency_s"] for p in kept], lengths=[p[f"{side}_tokens"] for p in kept],
+                            finish=[p[f"{side}_finish_reason"] for p in kept])
         assert recount["metrics"] == pytest.approx(report["model"][side])
         assert report["metrics"][("base." if side == "base" else "") + "task.exact_match"] == report["model"][side]["exact_match"]
         assert report["classification"][side]["n"] == 3  # 3 of the 4 kept references are JSON with a category
         assert sum(sum(row.values()) for row in report["classification"][side]["confusion"].values()) == 3
-    fixed = [p["index"] for p in kept if T.outcome(p["base_metrics"]) is False and T.outcome(p["tuned_metrics"]) is True]
+    fixed = [p["index"] for p in kept if outcome(p["base_metrics"]) is False and outcome(p["tuned_metrics"]) is True]
     assert report["changed"]["fixed"] == fixed
 
     # Perplexity of the references under the base model, recomputed with plain transformers.

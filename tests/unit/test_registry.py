@@ -17,7 +17,6 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit.registry_helpers import fake_run
-from tests.unit.test_eval import run_dir  # noqa: F401  (the fixture: a run with a real LoRA adapter)
 from tunekit import registry
 from tunekit.errors import RegistryError
 from tunekit.registry import artifacts
@@ -332,7 +331,7 @@ def test_concurrent_register_promote_rollback_stays_consistent(tmp_path):
     assert summary["versions"] == summary["registers_done"] > 0
 
 
-def test_register_a_real_evaluated_run(run_dir, tmp_path):  # noqa: F811  (run_dir is the eval tests' fixture)
+def test_register_a_real_evaluated_run(run_dir, tmp_path):
     """A run as the eval stage leaves it (real PEFT adapter, real eval_report.json) registers with its real numbers."""
     import json
 
@@ -370,7 +369,7 @@ def _copy_run(source: Path, target: Path, test_rows: int | None = None) -> Path:
     return target
 
 
-def test_holder_evaluated_on_candidates_test_set_when_they_differ(run_dir, tmp_path):  # noqa: F811
+def test_holder_evaluated_on_candidates_test_set_when_they_differ(run_dir, tmp_path):
     """The holder was scored on 5 tickets, the candidate on 3: the holder is scored again on those 3 before comparing."""
     from tunekit.config import load_recipe
     from tunekit.eval import evaluate
