@@ -6,6 +6,9 @@ throughput, base vs tuned scores, hardware. A figure, not a test: nothing is ass
 
     python bench/example_run.py [--set key=value ...] [--keep DIR]
 
+The base model's answers are recomputed (eval.cache_base_answers=false), as on a fresh machine,
+unless --reuse-base-answers is given (then the record says how many came from the cache).
+
 --keep DIR leaves the run in DIR (bench/cost_report.py --run DIR prices it); otherwise it goes to a
 temporary folder that is removed.
 """
@@ -28,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
     parser.add_argument("--keep", type=Path, help="write the run under this output_dir and leave it there")
+    parser.add_argument("--reuse-base-answers", action="store_true", help="let eval reuse cached base answers (a re-run)")
     args = parser.parse_args()
 
     from tunekit.cli.main import _quiet_libraries
@@ -40,7 +44,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tunekit-bench-") as tmp:
         output_dir = args.keep.resolve() if args.keep else tmp
-        recipe = load_recipe(ROOT / "examples" / "ticket_triage" / "recipe.yaml", [f"output_dir={output_dir}", *args.overrides])
+        cold = [] if args.reuse_base_answers else ["eval.cache_base_answers=false"]
+        recipe = load_recipe(ROOT / "examples" / "ticket_triage" / "recipe.yaml", [f"output_dir={output_dir}", *cold, *args.overrides])
         run = RunPaths(recipe.run_dir)
         started = time.perf_counter()
         results = run_pipeline(recipe, run, overwrite=True)
@@ -55,6 +60,7 @@ def main() -> None:
             "train_steps": results.train.steps,
             "train_tokens_per_s_mean": round(sum(speeds) / len(speeds), 1) if speeds else None,
             "eval": results.eval.report["model"],
+            "eval_answers_from_cache": results.eval.report["settings"].get("answers_from_cache", {}),
             "eval_per_field": results.eval.report["per_field"],
             "parity_passed": results.export.parity["passed"] if results.export.parity else None,
             "train_peak_rss_mb": max((m["peak_rss_mb"] for m in metrics if "peak_rss_mb" in m), default=None),

@@ -255,6 +255,7 @@ def test_the_base_side_refuses_to_answer_from_merged_weights(run_dir):
     assert sides["tuned"].merge_to_generate
     sides["tuned"].answer(prompt, Decoding(4, 1), "tuned")
     assert not sides["tuned"].merge_to_generate and any(getattr(m, "merged", False) for m in sides["tuned"].model.modules())
+    other = [[{"role": "user", "content": TICKETS[1][0]}]]  # not in the answer cache (a cached base answer is still the base's)
     with pytest.raises(TunekitError, match="answer the base first"):
-        sides["base"].answer(prompt, Decoding(4, 1), "base")
+        sides["base"].answer(other, Decoding(4, 1), "base")
     assert base_first

@@ -119,6 +119,11 @@ class EvalConfig(Section):
         description="Metrics computed on the test set. " + " ".join(f"`{m.name}`: {m.description}" for m in METRICS.values()),
     )
     compare_base: bool = Field(True, description="Also evaluate the untuned base model, side by side.")
+    cache_base_answers: bool = Field(
+        True,
+        description="Keep the base model's answers under $TUNEKIT_HOME/answers and reuse them while the model files, "
+        "prompts, decoding and machine are the same (the base does not change between runs).",
+    )
     max_new_tokens: int | None = Field(
         None,
         gt=0,

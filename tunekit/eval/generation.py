@@ -22,6 +22,7 @@ class Generations:
     lengths: list[int] = field(default_factory=list)  # generated tokens per example
     # Per example, as OpenAI names it: "stop" (the answer ended) or "length" (cut at max_new_tokens).
     finish: list[str] = field(default_factory=list)
+    cached: bool = False  # read from tunekit.eval.answer_cache (the timings are those of the run that made them)
 
     def truncated(self) -> list[int]:
         """Indices of the answers that were cut at the token budget."""

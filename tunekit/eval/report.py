@@ -65,6 +65,7 @@ def build_report(scored, generations, nll, *, spec, kept, examples, flags, forge
                 "seconds": round(gen.seconds, 3),
                 "generated_tokens": gen.new_tokens,
                 "tokens_per_s": round(gen.new_tokens / gen.seconds, 2) if gen.seconds > 0 else None,
+                "cached": gen.cached,  # the answers (and these timings) come from an earlier run
             }
             for name, gen in generations.items()
         },

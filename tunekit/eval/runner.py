@@ -242,6 +242,7 @@ def _evaluate_task(recipe: Recipe, run: RunPaths) -> EvalResult:
             "tuned_source": sides["tuned"].source, "test_file": str(run.split("test")),
             "test_sha256": sha256_file(run.split("test")),  # what a registry compares before comparing scores
             "label_field": spec.label_field, "label_regex": spec.label_regex,
+            "answers_from_cache": {name: side.answered_from_cache for name, side in sides.items() if side.answered_from_cache},
         },
     )
     if forgetting_rows:
@@ -302,6 +303,12 @@ def _answer_and_score(recipe: Recipe, sides: dict, spec, decoding: Decoding, exa
             generations[name] = side.answer(prompts, decoding, name)
         if suite is not None:
             suite_answers[name] = forgetting.answer_items(side.answer, suite.items, suite.decoding, f"forgetting {name}")
+    for side in sides.values():
+        if side.answered_from_cache:
+            console.print(
+                f"{side.name} answers reused from the answer cache: {side.answered_from_cache} of {side.answered} prompts "
+                "(same model files, prompts, decoding and machine; eval.cache_base_answers: false to recompute)", soft_wrap=True,
+            )
     # The report lists the tuned side first.
     generations = {name: generations[name] for name in ("tuned", "base") if name in generations}
     suite_answers = {name: suite_answers[name] for name in ("tuned", "base") if name in suite_answers}

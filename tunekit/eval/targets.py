@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tunekit.config import Recipe
 from tunekit.errors import RunDirError, TunekitError
+from tunekit.eval import answer_cache
 from tunekit.eval.generation import Decoding, Generations, generate, generate_endpoint, reference_nll
 from tunekit.runs import RunPaths
 
@@ -39,6 +40,9 @@ class Answerer:
     endpoint_model: str | None = None
     base_switch: bool = False  # a PeftModel answering as its base (adapter disabled)
     merge_to_generate: bool = False  # a PeftModel whose adapter is merged before it first generates
+    cache_fingerprint: str | None = None  # the base model's files: its answers are kept (tunekit.eval.answer_cache)
+    answered_from_cache: int = 0  # prompts whose answers were read from the cache
+    answered: int = 0
 
     def _context(self):
         if self.base_switch:
@@ -53,8 +57,16 @@ class Answerer:
         if self.merge_to_generate and prompts:
             self.model.merge_adapter()
             self.merge_to_generate = False  # merged for good (PEFT warns per layer on a second merge)
+        cache_key = answer_cache.key(self.cache_fingerprint, self.tokenizer, prompts, decoding) if self.cache_fingerprint and prompts else None
+        self.answered += len(prompts)
+        if cache_key is not None and (stored := answer_cache.load(cache_key)) is not None and len(stored.outputs) == len(prompts):
+            self.answered_from_cache += len(prompts)
+            return stored
         with self._context():
-            return generate(self.model, self.tokenizer, prompts, decoding, label=label)
+            generations = generate(self.model, self.tokenizer, prompts, decoding, label=label)
+        if cache_key is not None:
+            answer_cache.store(cache_key, generations)
+        return generations
 
     @property
     def local(self) -> bool:
@@ -104,7 +116,7 @@ def _load_dir(path: Path, recipe: Recipe):
 
 
 def _load_base(recipe: Recipe):
-    """The base model with the recipe's chat template (the one the tuned side was trained with), and a
+    """(model, tokenizer, its folder): the base model with the recipe's chat template (the one the tuned side was trained with), and a
     row for each token the template added, so both sides are asked in the same format."""
     from tunekit.models import load_model, load_tokenizer, resolve_model
     from tunekit.models.templates import resize_for_tokenizer
@@ -113,7 +125,7 @@ def _load_base(recipe: Recipe):
     tokenizer = load_tokenizer(path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
     model = load_model(path, trust_remote_code=recipe.trust_remote_code, allow_pickle=recipe.allow_pickle)
     resize_for_tokenizer(model, tokenizer)
-    return _to_device(model), tokenizer
+    return _to_device(model), tokenizer, path
 
 
 def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, Answerer]:
@@ -132,7 +144,8 @@ def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, A
         source = f"{recipe.base_model} + {adapter_dir}"
         sides = {"tuned": Answerer("tuned", source, model, tokenizer, merge_to_generate=_mergeable(model))}
         if need_base:
-            sides["base"] = Answerer("base", recipe.base_model, model, tokenizer, base_switch=True)
+            fingerprint = _base_fingerprint(recipe, base_path, model)
+            sides["base"] = Answerer("base", recipe.base_model, model, tokenizer, base_switch=True, cache_fingerprint=fingerprint)
         return sides
     if target == "endpoint":
         sides = {"tuned": _endpoint(recipe)}
@@ -143,9 +156,25 @@ def load_sides(recipe: Recipe, run: RunPaths, *, need_base: bool) -> dict[str, A
         model, tokenizer = _load_dir(path, recipe)
         sides = {"tuned": Answerer("tuned", str(path), model, tokenizer)}
     if need_base:
-        model, tokenizer = _load_base(recipe)
-        sides["base"] = Answerer("base", recipe.base_model, model, tokenizer)
+        model, tokenizer, base_path = _load_base(recipe)
+        sides["base"] = Answerer("base", recipe.base_model, model, tokenizer, cache_fingerprint=_base_fingerprint(recipe, base_path, model))
     return sides
+
+
+def _base_fingerprint(recipe: Recipe, base_path: str, model) -> str | None:
+    """The base model's file fingerprint when its answers may be kept: caching on, and the embedding
+    exactly the file's (rows added for new tokens are initialised at random when loaded)."""
+    import json
+
+    if not recipe.eval.cache_base_answers:
+        return None
+    try:
+        vocab = json.loads((Path(base_path) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError):
+        return None
+    if vocab is None or model.get_input_embeddings().num_embeddings != vocab:
+        return None
+    return answer_cache.model_fingerprint(base_path)
 
 
 def _endpoint(recipe: Recipe) -> Answerer:
