@@ -129,6 +129,11 @@ def test_seed_repeats_a_sampled_answer(client):
             model="tiny", messages=_chat(PROMPTS[0]), temperature=1.0, max_tokens=12, seed=seed
         ).choices[0].message.content
 
+    # The backend reuses the cells of the last prompt's start, and how much of a prompt was reused
+    # changes its logits in the last bits (other batch shapes). The tiny random model's next-token
+    # distribution is nearly flat, so at temperature 1 those bits can move a sampled token: the seed
+    # repeats an answer computed the same way (as OpenAI's, it is best effort across cache states).
+    sample(6)  # from here on every call reuses all of this prompt but its last token
     first = sample(7)
     assert sample(7) == first
     assert len({first, sample(8), sample(9)}) > 1
