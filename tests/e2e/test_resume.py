@@ -113,6 +113,7 @@ def reference(tmp_path_factory, tiny_model_dir):
         ref.process.kill()
 
 
+@pytest.mark.slow  # three training processes each: full suite only (the fast tier's budget)
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(tmp_path, tiny_model_dir, reference):
     recipe, run = write_prepared_run(tmp_path, tiny_model_dir, "killed", max_steps=MAX_STEPS, save_steps=SAVE_STEPS)
     victim = start_train(recipe)
@@ -133,6 +134,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(tmp_path, tin
     assert kept[-2:] == [MAX_STEPS - SAVE_STEPS, MAX_STEPS] and len(kept) <= 3
 
 
+@pytest.mark.slow  # three training processes each: full suite only (the fast tier's budget)
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_to_the_same_result(tmp_path, tiny_model_dir, reference):
     recipe, run = write_prepared_run(tmp_path, tiny_model_dir, "interrupted", max_steps=MAX_STEPS, save_steps=SAVE_STEPS)
     process = start_train(recipe)
