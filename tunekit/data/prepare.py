@@ -20,6 +20,7 @@ from tunekit.data.split import attach_groups, split_train
 from tunekit.data.analyze import UNLABELLED, Labeler, add_analysis, compile_rules
 from tunekit.data.gates import evaluate_gates
 from tunekit.data.pii import PII_REASON, scrub_examples
+from tunekit.data.readers import check_input
 from tunekit.data.validate import Example, InputFile, read_input
 from tunekit.errors import DataError
 from tunekit.runs import RunPaths, write_json, write_jsonl
@@ -33,6 +34,13 @@ def _source_names(paths: dict[str, Path]) -> dict[str, str]:
     """The file name identifies a row's source, unless two inputs share a name; then the full path."""
     names = Counter(p.name for p in paths.values())
     return {key: (p.name if names[p.name] == 1 else str(p)) for key, p in paths.items()}
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """DataError naming the first data input that cannot be opened, before any model file is read."""
+    for key in INPUT_KEYS:
+        if (path := getattr(recipe.data, key)) is not None:
+            check_input(key, path)
 
 
 def _read_inputs(recipe: Recipe) -> list[InputFile]:

@@ -91,16 +91,37 @@ class InputSource:
         return UNIT[self.input_type]
 
 
-def open_input(key: str, path: Path) -> InputSource:
-    """Open `data.<key>` by its shape: a saved dataset dir, or a file by extension (JSONL otherwise)."""
+def check_input(key: str, path: Path) -> None:
+    """DataError when `data.<key>` cannot be opened at all (missing, unreadable, a directory that is
+    not a saved dataset), without reading it: run before the slow steps (the tokenizer) start."""
     if isinstance(path, HubDataset):
-        return _open_hub_dataset(key, path)
+        return
     if path.is_dir():
-        return _open_hf_dataset(key, path)
+        if (path / "dataset_dict.json").is_file():
+            splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise DataError(
+                f"data.{key}: {path} is a saved DatasetDict with splits {', '.join(splits)}; name one split",
+                hint=f"point data.{key} at {path / (splits[0] if splits else 'train')}",
+            )
+        if not (path / "state.json").is_file():
+            raise DataError(
+                f"data.{key}: is a directory, not a file: {path}",
+                hint=f"point data.{key} at a data file, or at a directory written by `datasets`' save_to_disk",
+            )
+        return
     if not path.is_file():
         raise DataError(f"data.{key}: file not found: {path}", hint=_missing_hint(key, path))
     if problem := file_problem(path):
         raise DataError(f"data.{key}: {problem}", hint="check the file's permissions")
+
+
+def open_input(key: str, path: Path) -> InputSource:
+    """Open `data.<key>` by its shape: a saved dataset dir, or a file by extension (JSONL otherwise)."""
+    check_input(key, path)
+    if isinstance(path, HubDataset):
+        return _open_hub_dataset(key, path)
+    if path.is_dir():
+        return _open_hf_dataset(key, path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return InputSource(PARQUET, _sha256_file(path), _parquet_records(key, path))
@@ -306,17 +327,6 @@ def _parquet_records(key: str, path: Path) -> Iterator[Record]:
 
 
 def _open_hf_dataset(key: str, path: Path) -> InputSource:
-    if (path / "dataset_dict.json").is_file():
-        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
-        raise DataError(
-            f"data.{key}: {path} is a saved DatasetDict with splits {', '.join(splits)}; name one split",
-            hint=f"point data.{key} at {path / (splits[0] if splits else 'train')}",
-        )
-    if not (path / "state.json").is_file():
-        raise DataError(
-            f"data.{key}: is a directory, not a file: {path}",
-            hint=f"point data.{key} at a data file, or at a directory written by `datasets`' save_to_disk",
-        )
     from datasets import load_from_disk
 
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from tunekit.config import Recipe
 from tunekit.console import console
 from tunekit.data.gates import raise_on_failed_gates
-from tunekit.data.prepare import prepare_data
+from tunekit.data.prepare import check_inputs, prepare_data
 from tunekit.data.report import print_summary
 from tunekit.errors import DataError
 from tunekit.models import load_tokenizer, resolve_model
@@ -46,6 +46,7 @@ class DataResult:
 def prepare(recipe: Recipe, run: RunPaths) -> DataResult:
     """Prepare the recipe's data into `run`'s data dir; DataError on unusable input, a failed data gate, or
     (with `data.strict`) any removed row."""
+    check_inputs(recipe)  # a data file that cannot be opened fails before the tokenizer loads (seconds, or a model conversion)
     with console.status("loading the tokenizer"):
         model_path = resolve_model(recipe.base_model, allow_pickle=recipe.allow_pickle)
         tokenizer = load_tokenizer(model_path, trust_remote_code=recipe.trust_remote_code, chat_template=recipe.chat_template)
