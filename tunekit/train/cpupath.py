@@ -25,7 +25,7 @@ has a fixed cost (Python over ~200 LoRA modules), and one 91-token row per micro
 slower than two, while two and four were as fast as eight (bench/results/train_cpu.json).
 
 The estimate, in bytes: the loaded weights, 16 per trainable parameter (fp32 gradient and AdamW
-moments), RUNTIME_BYTES, and ACTIVATION_PEAK_FACTOR x the fp32 saved-for-backward tensors of
+moments; counted by tunekit.train.estimate.count_shapes), RUNTIME_BYTES, and ACTIVATION_PEAK_FACTOR x the fp32 saved-for-backward tensors of
 tunekit.train.memory for the micro-batch's tokens (rows x the 95th-percentile length padding-free,
 rows x the longest row padded). Both constants are fitted to the example's measured peaks at 8, 4, 2 and 1
 rows (3.79, 2.96, 2.20, 1.89 GiB; the fit is within 0.2 GiB of each): RUNTIME_BYTES is the
@@ -38,9 +38,9 @@ the (tokens per row)^2 probabilities (fitting one gave it a negative weight).
 from __future__ import annotations
 
 from tunekit.config import Recipe
+from tunekit.train.fastpath import GIB
 
 ROW_TOKENS_PER_HIDDEN = 2  # the expected packed row may be up to this many times the hidden size
-GIB = 1024**3
 RUNTIME_BYTES = int(1.1 * GIB)
 ACTIVATION_PEAK_FACTOR = 2.7
 MIN_MICRO_TOKENS = 160
@@ -64,13 +64,14 @@ def padding_free(recipe: Recipe, model_config, lengths: list[int], rows: int | N
     return True, f"a batch's row of ~{row:.0f} tokens is within {limit} (2 x hidden): attention over it is cheaper than padding"
 
 
-def step_peak_bytes(recipe: Recipe, model, lengths: list[int], rows: int, padding_free_on: bool) -> int:
-    """Estimated peak resident memory of a CPU training step over `rows` examples (module docstring)."""
+def step_peak_bytes(recipe: Recipe, model, lengths: list[int], rows: int, padding_free_on: bool, trainable: int | None = None) -> int:
+    """Estimated peak resident memory of a CPU training step over `rows` examples (module docstring);
+    `trainable`: the recipe's trainable parameters, when already counted (trainable_parameters)."""
     from tunekit.train.memory import activation_bytes, model_dims
 
     dims = model_dims(model.config)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters()) if recipe.train.adapter == "full" else lora_parameters(recipe, dims)
+    trainable = trainable_parameters(recipe, model) if trainable is None else trainable
     row = (long_row(lengths) if padding_free_on else max(lengths)) if lengths else recipe.data.max_length
     every_n = 1 if recipe.train.gradient_checkpointing else None
     saved = 2 * activation_bytes(dims, int(rows * row), 0, every_n)  # tunekit.train.memory counts bf16; a CPU keeps fp32
@@ -84,11 +85,13 @@ def long_row(lengths: list[int]) -> float:
     return float(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))])
 
 
-def lora_parameters(recipe: Recipe, dims: dict[str, int]) -> int:
-    """Trainable parameters of an all-linear LoRA of rank r on a Llama-style layout (an upper bound
-    for narrower target lists): r x (in + out) per adapted matrix."""
-    h, kv, i, r = dims["hidden"], dims["kv"], dims["intermediate"], recipe.train.lora.r
-    return dims["layers"] * r * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 3)
+def trainable_parameters(recipe: Recipe, model) -> int:
+    """Parameters the recipe trains: every one for full fine-tuning, else the adapter's exact count."""
+    from tunekit.train.estimate import count_shapes
+
+    if recipe.train.adapter == "full":
+        return sum(p.numel() for p in model.parameters())
+    return count_shapes(model.config, recipe).adapter
 
 
 def micro_batch(recipe: Recipe, model, lengths: list[int]) -> tuple[int, bool, dict]:
@@ -99,14 +102,13 @@ def micro_batch(recipe: Recipe, model, lengths: list[int]) -> tuple[int, bool, d
     budget = train.fast.cpu_memory_budget_gib
     mean = sum(lengths) / len(lengths) if lengths else recipe.data.max_length
 
-    def peak(rows: int) -> int:
-        return step_peak_bytes(recipe, model, lengths, rows, padding_free(recipe, model.config, lengths, rows)[0])
-
+    trainable = trainable_parameters(recipe, model)
     divisors = [d for d in range(train.batch_size, 0, -1) if train.batch_size % d == 0]
     allowed = [d for d in divisors if d == train.batch_size or d * mean >= MIN_MICRO_TOKENS]
-    fitting = [d for d in allowed if budget is not None and peak(d) <= budget * GIB]
+    peaks = {d: step_peak_bytes(recipe, model, lengths, d, padding_free(recipe, model.config, lengths, d)[0], trainable) for d in allowed}
+    fitting = [d for d in allowed if budget is not None and peaks[d] <= budget * GIB]
     chosen = train.batch_size if budget is None else (fitting[0] if fitting else allowed[-1])
-    full, at = peak(train.batch_size), peak(chosen)
+    full, at = peaks[train.batch_size], peaks[chosen]
     if budget is None:
         why = "no memory budget (train.fast.cpu_memory_budget_gib: null)"
     elif chosen == train.batch_size and fitting:
