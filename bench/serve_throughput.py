@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from pathlib import Path
 
 import httpx
 import openai
-import uvicorn
 
 from tunekit.serve import Engine, create_app
+from tunekit.serve.app import serve_in_background
 from tunekit.serve.gateway import Gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,21 +47,10 @@ QUESTIONS = [
 
 @contextmanager
 def serving(engine: Engine, adapter_roots: list[Path] | None = None, request_log=None):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     gateway = Gateway.from_settings(env={"TUNEKIT_ADMIN_KEY": ADMIN_KEY})  # keys on, as in production; no limits
     app = create_app(engine, max_new_tokens_limit=256, adapter_roots=adapter_roots, gateway=gateway, request_log=request_log)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_background(app) as url:
+        yield url
 
 
 def one(client, model: str, question: str, max_tokens: int, chunks: list[float] | None = None) -> tuple[float, float]:

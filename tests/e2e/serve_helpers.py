@@ -4,14 +4,12 @@ shared by the serve, judge and eval-endpoint tests."""
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from contextlib import contextmanager
 
 import torch
-import uvicorn
 
 from tunekit.serve import Engine, create_app
+from tunekit.serve.app import serve_in_background
 
 LIMIT = 64  # the server's max_tokens cap in these tests
 
@@ -25,20 +23,8 @@ def free_port() -> int:
 @contextmanager
 def running_server(engine: Engine, limit: int = LIMIT, app=None):
     """The real app (`app`, or a plain one around `engine`) under uvicorn in a background thread; yields the /v1 base URL."""
-    port = free_port()
-    app = app or create_app(engine, max_new_tokens_limit=limit)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_background(app or create_app(engine, max_new_tokens_limit=limit)) as url:
+        yield url
 
 
 def lora_adapter(model_dir, out, seed):

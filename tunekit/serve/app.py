@@ -8,6 +8,7 @@ Every error, including FastAPI's own validation errors, is returned in OpenAI's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -431,3 +432,31 @@ def create_app(
 def _text_prompt(engine: Engine, model: str, prompt: str) -> list[int]:
     engine.served(model)  # 404 before tokenizing for a model that is not here
     return engine.encode_text(prompt)
+
+
+@contextlib.contextmanager
+def serve_in_background(app: FastAPI, *, host: str = "127.0.0.1", startup_timeout_s: float = 30.0):
+    """Run `app` under uvicorn in a daemon thread on a free loopback port; yields the /v1 base URL
+    and stops the server on exit. For notebooks, benchmarks and tests that need the real server
+    in-process (`tunekit serve` runs uvicorn in the foreground instead)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise TunekitError(f"the server did not start on {host}:{port} within {startup_timeout_s:g} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
